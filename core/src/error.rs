@@ -1,0 +1,30 @@
+//! The crate's one error type, built from the per-format errors.
+
+use crate::format::{Format, gguf::GgufError};
+
+/// Everything that can go wrong in `apr-core`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A GGUF file was rejected.
+    #[error("GGUF: {0}")]
+    Gguf(#[from] GgufError),
+    /// The first bytes match no known format.
+    #[error(
+        "unrecognised file: the first bytes {head:02x?} match no GGUF, SafeTensors or APR header"
+    )]
+    UnknownFormat {
+        /// Up to eight leading bytes.
+        head: [u8; 8],
+    },
+    /// A known format this build cannot read yet.
+    #[error("{0} files are recognised but cannot be read yet")]
+    Unsupported(Format),
+    /// An I/O error opening or mapping a file.
+    #[cfg(feature = "std")]
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = core::result::Result<T, E>;

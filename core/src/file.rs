@@ -1,0 +1,53 @@
+//! Memory-mapped model files (native only).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::Result;
+use crate::format::{Format, gguf::Gguf};
+
+/// A model file mapped read-only into memory. Parsers borrow from [`MappedFile::bytes`], so the
+/// OS pages tensor data in only when it is touched.
+#[derive(Debug)]
+pub struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl MappedFile {
+    /// Maps `path` read-only.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path)?;
+        // SAFETY: the map is read-only and private to this process. If another process truncates
+        // the file while it is mapped, reads of the lost pages fault; that is the accepted cost of
+        // mmap, the same trade llama.cpp and safetensors make.
+        let map = unsafe { Mmap::map(&file)? };
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The file's format, from its first bytes.
+    pub fn format(&self) -> Result<Format> {
+        Format::detect(self.bytes())
+    }
+
+    /// Parses the file as GGUF.
+    pub fn gguf(&self) -> Result<Gguf<'_>> {
+        Ok(Gguf::parse(self.bytes())?)
+    }
+}

@@ -1,0 +1,199 @@
+//! What a model file is: the summary `apr inspect` prints, `apr serve` returns and the web page
+//! shows. One set of serde types serves all three.
+//!
+//! The JSON form is a stable schema, documented in `docs/inspect-json.md`; [`SCHEMA`] names its
+//! version, and fields are only ever added to it.
+
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dtype::{GgmlType, file_type_name};
+use crate::format::Format;
+use crate::format::gguf::{Gguf, GgufError};
+
+/// The schema id carried in every [`ModelInfo`].
+pub const SCHEMA: &str = "apr.inspect.v1";
+
+/// A summary of a model file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// The container format.
+    pub format: Format,
+    /// The container's version (GGUF 2 or 3).
+    pub format_version: u32,
+    /// Size of the file in bytes.
+    pub file_size: u64,
+    /// The model's name (`general.name`).
+    pub name: Option<String>,
+    /// The architecture (`general.architecture`), e.g. `qwen2`.
+    pub architecture: Option<String>,
+    /// The whole-file quantization (`general.file_type`), e.g. `Q4_K_M`.
+    pub quantization: Option<String>,
+    /// Every element of every tensor in the file.
+    pub parameters: u64,
+    /// The output projection.
+    pub lm_head: LmHead,
+    /// Vocabulary size.
+    pub vocab_size: Option<u64>,
+    /// Transformer blocks.
+    pub layers: Option<u64>,
+    /// Width of the residual stream.
+    pub hidden_size: Option<u64>,
+    /// Width of the feed-forward layer.
+    pub feed_forward_size: Option<u64>,
+    /// Query heads.
+    pub attention_heads: Option<u64>,
+    /// Key/value heads (grouped-query attention when fewer than the query heads).
+    pub kv_heads: Option<u64>,
+    /// Trained context length in tokens.
+    pub context_length: Option<u64>,
+    /// RoPE base frequency θ.
+    pub rope_theta: Option<f32>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: Option<f32>,
+    /// Number of tensors.
+    pub tensor_count: u64,
+    /// Tensors per element type, most frequent first.
+    pub dtypes: Vec<DtypeCount>,
+    /// Number of metadata entries.
+    pub metadata_count: u64,
+    /// Every tensor, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensors: Option<Vec<TensorSummary>>,
+}
+
+/// Whether the output projection has its own weights or reuses the token embedding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LmHead {
+    /// True when there is no separate output tensor and the embedding is reused.
+    pub tied: bool,
+    /// The tensor used as the LM head.
+    pub tensor: String,
+    /// Its element count; counted in [`ModelInfo::parameters`] only when not tied.
+    pub parameters: u64,
+}
+
+/// How many tensors have one element type, and how much of the model they hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DtypeCount {
+    /// The element type.
+    pub dtype: GgmlType,
+    /// Number of tensors of that type.
+    pub count: u64,
+    /// Their elements.
+    pub parameters: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// One tensor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSummary {
+    /// Name as stored in the file.
+    pub name: String,
+    /// Element type.
+    pub dtype: GgmlType,
+    /// Row-major shape, outermost first (GGUF's dims reversed).
+    pub shape: Vec<u64>,
+    /// Absolute offset of the data in the file.
+    pub offset: u64,
+    /// Size of the data in bytes.
+    pub bytes: u64,
+}
+
+impl ModelInfo {
+    /// Summarises a parsed GGUF file of `file_size` bytes; `with_tensors` lists every tensor.
+    pub fn from_gguf(
+        gguf: &Gguf<'_>,
+        file_size: u64,
+        with_tensors: bool,
+    ) -> Result<Self, GgufError> {
+        let architecture = gguf.get_str("general.architecture")?;
+        // Hyperparameters are keyed by architecture: `qwen2.block_count`.
+        let arch_key = |key: &str| architecture.map(|arch| [arch, ".", key].concat());
+        let arch_u64 = |key: &str| arch_key(key).map_or(Ok(None), |k| gguf.get_u64(&k));
+        let arch_f32 = |key: &str| arch_key(key).map_or(Ok(None), |k| gguf.get_f32(&k));
+
+        let tensors = gguf.tensors();
+        let parameters = tensors.iter().map(|t| t.elements()).sum();
+        let embedding = gguf.tensor("token_embd.weight");
+        let lm_head = match gguf.tensor("output.weight") {
+            Some(t) => LmHead {
+                tied: false,
+                tensor: t.name.to_string(),
+                parameters: t.elements(),
+            },
+            None => LmHead {
+                tied: true,
+                tensor: "token_embd.weight".to_string(),
+                parameters: embedding.map_or(0, |t| t.elements()),
+            },
+        };
+        let vocab_size = match arch_u64("vocab_size")? {
+            Some(n) => Some(n),
+            None => match gguf.get_array("tokenizer.ggml.tokens")? {
+                Some(tokens) => Some(tokens.len() as u64),
+                // The embedding's outer dimension is the vocabulary.
+                None => embedding.and_then(|t| t.shape().first().copied()),
+            },
+        };
+
+        let mut by_type: BTreeMap<GgmlType, DtypeCount> = BTreeMap::new();
+        for t in tensors {
+            let entry = by_type.entry(t.ty).or_insert(DtypeCount {
+                dtype: t.ty,
+                count: 0,
+                parameters: 0,
+                bytes: 0,
+            });
+            entry.count += 1;
+            entry.parameters += t.elements();
+            entry.bytes += t.size;
+        }
+        let mut dtypes: Vec<DtypeCount> = by_type.into_values().collect();
+        dtypes.sort_by(|a, b| b.count.cmp(&a.count).then(a.dtype.cmp(&b.dtype)));
+
+        Ok(Self {
+            schema: SCHEMA.to_string(),
+            format: Format::Gguf,
+            format_version: gguf.version(),
+            file_size,
+            name: gguf.get_str("general.name")?.map(str::to_string),
+            architecture: architecture.map(str::to_string),
+            quantization: gguf.get_u64("general.file_type")?.map(|id| {
+                file_type_name(id).map_or_else(|| alloc::format!("file type {id}"), str::to_string)
+            }),
+            parameters,
+            lm_head,
+            vocab_size,
+            layers: arch_u64("block_count")?,
+            hidden_size: arch_u64("embedding_length")?,
+            feed_forward_size: arch_u64("feed_forward_length")?,
+            attention_heads: arch_u64("attention.head_count")?,
+            kv_heads: arch_u64("attention.head_count_kv")?,
+            context_length: arch_u64("context_length")?,
+            rope_theta: arch_f32("rope.freq_base")?,
+            rms_norm_eps: arch_f32("attention.layer_norm_rms_epsilon")?,
+            tensor_count: tensors.len() as u64,
+            dtypes,
+            metadata_count: gguf.metadata().len() as u64,
+            tensors: with_tensors.then(|| {
+                tensors
+                    .iter()
+                    .map(|t| TensorSummary {
+                        name: t.name.to_string(),
+                        dtype: t.ty,
+                        shape: t.shape(),
+                        offset: gguf.data_offset() + t.offset,
+                        bytes: t.size,
+                    })
+                    .collect()
+            }),
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! `apr-core`: the format, quantization and inference core shared by the `apr` command line, the
+//! `apr serve` REST server and the browser worker.
+//!
+//! It reads and describes model files ([`format`], [`info`]) and names every ggml tensor type
+//! ([`dtype`]). It does no I/O of its own beyond mapping a file ([`file`], with the `std`
+//! feature): no network, no printing, no threads unless asked. Without the default `std` feature it
+//! is `no_std` + `alloc` and builds for `wasm32-unknown-unknown`.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+extern crate alloc;
+
+pub mod dtype;
+pub mod error;
+#[cfg(feature = "std")]
+pub mod file;
+pub mod format;
+pub mod info;
+
+pub use error::{Error, Result};

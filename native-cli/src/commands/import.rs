@@ -1,0 +1,1 @@
+//! `apr import SOURCE [-o OUT] [--quantization Q]`.

@@ -1,0 +1,31 @@
+//! `apr`: the command line face of apr. Each subcommand lives in `commands/`, resolves its flags
+//! and calls `apr-core`; this file only dispatches and turns errors into exit codes
+//! (0 ok, 1 failure, 2 usage).
+
+mod args;
+mod commands;
+mod hub;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Import(_args) => todo!(),
+        Command::Inspect(args) => commands::inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`apr inspect x | head`) is the reader's choice, not a failure.
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
