@@ -16,7 +16,7 @@ use crate::args::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Import(_args) => todo!(),
+        Command::Import(args) => commands::import::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
     };
     match result {
