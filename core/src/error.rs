@@ -8,7 +8,7 @@ use crate::format::{Format, gguf::GgufError};
 pub enum Error {
     /// A GGUF file was rejected.
     #[error("GGUF: {0}")]
-    Gguf(#[from] GgufError),
+    Gguf(GgufError),
     /// The first bytes match no known format.
     #[error(
         "unrecognised file: the first bytes {head:02x?} match no GGUF, SafeTensors or APR header"
@@ -24,6 +24,14 @@ pub enum Error {
     #[cfg(feature = "std")]
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+// Written out rather than `#[from]`, which would also make the GGUF error the `source()` and
+// print its message twice in an error chain.
+impl From<GgufError> for Error {
+    fn from(err: GgufError) -> Self {
+        Self::Gguf(err)
+    }
 }
 
 /// `Result` with [`Error`].

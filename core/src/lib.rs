@@ -1,8 +1,8 @@
 //! `apr-core`: the format, quantization and inference core shared by the `apr` command line, the
 //! `apr serve` REST server and the browser worker.
 //!
-//! It reads and describes model files ([`format`], [`info`]) and names every ggml tensor type
-//! ([`dtype`]). It does no I/O of its own beyond mapping a file ([`file`], with the `std`
+//! It reads and describes model files ([`mod@format`], [`info`]) and names every ggml tensor type
+//! ([`dtype`]). It does no I/O of its own beyond mapping a file ([`mod@file`], with the `std`
 //! feature): no network, no printing, no threads unless asked. Without the default `std` feature it
 //! is `no_std` + `alloc` and builds for `wasm32-unknown-unknown`.
 #![cfg_attr(not(feature = "std"), no_std)]

@@ -34,7 +34,11 @@ fn repo_dir(hf_home: &Path) -> PathBuf {
 
 fn blob_files(hf_home: &Path) -> Vec<String> {
     fs::read_dir(repo_dir(hf_home).join("blobs"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -43,7 +47,14 @@ fn import_picks_the_quantization_downloads_verifies_and_fills_the_cache() {
     let (hub, q4) = hub_with_repo(Faults::default());
     let apr = Apr::new().endpoint(&hub.endpoint);
     let out = apr.dir().join("models/tiny.gguf");
-    let run = apr.run(&["import", &format!("hf://{REPO}"), "--quantization", "Q4_K_M", "-o", out.to_str().unwrap()]);
+    let run = apr.run(&[
+        "import",
+        &format!("hf://{REPO}"),
+        "--quantization",
+        "Q4_K_M",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     run.success();
     assert_eq!(run.stdout.trim(), out.to_str().unwrap());
     assert_eq!(fs::read(&out).unwrap(), q4);
@@ -51,12 +62,23 @@ fn import_picks_the_quantization_downloads_verifies_and_fills_the_cache() {
     // The huggingface_hub layout: blob by sha256, relative snapshot link, refs/main.
     let repo = repo_dir(apr.hf_home());
     let sha = sha256_hex(&q4);
-    assert_eq!(blob_files(apr.hf_home()), vec![sha.clone()], "no partial file is left behind");
+    assert_eq!(
+        blob_files(apr.hf_home()),
+        vec![sha.clone()],
+        "no partial file is left behind"
+    );
     let link = repo.join("snapshots").join(COMMIT).join(Q4);
-    assert_eq!(fs::read_link(&link).unwrap(), Path::new("../../blobs").join(&sha));
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        Path::new("../../blobs").join(&sha)
+    );
     assert_eq!(fs::read_to_string(repo.join("refs/main")).unwrap(), COMMIT);
     assert_eq!(hub.downloads().len(), 1);
-    assert!(hub.downloads()[0].path.ends_with(&format!("/resolve/{COMMIT}/{Q4}")));
+    assert!(
+        hub.downloads()[0]
+            .path
+            .ends_with(&format!("/resolve/{COMMIT}/{Q4}"))
+    );
 
     // Without -o the cached path is printed, and nothing is downloaded again.
     let again = apr.run(&["import", &format!("hf://{REPO}/{Q4}")]);
@@ -69,33 +91,69 @@ fn import_picks_the_quantization_downloads_verifies_and_fills_the_cache() {
 fn the_cache_serves_when_the_hub_is_unreachable_or_offline_is_set() {
     let (hub, q4) = hub_with_repo(Faults::default());
     let apr = Apr::new().endpoint(&hub.endpoint);
-    apr.run(&["import", &format!("hf://{REPO}"), "-q", "q4_k_m"]).success();
+    apr.run(&["import", &format!("hf://{REPO}"), "-q", "q4_k_m"])
+        .success();
     let requests = hub.log().len();
 
     let unreachable = apr.clone().endpoint(&common::closed_port_endpoint());
     let out = apr.dir().join("offline.gguf");
-    let run = unreachable.run(&["import", &format!("hf://{REPO}"), "-q", "q4_k_m", "-o", out.to_str().unwrap()]);
+    let run = unreachable.run(&[
+        "import",
+        &format!("hf://{REPO}"),
+        "-q",
+        "q4_k_m",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     run.success();
     assert!(run.stderr.contains("using the cached"), "{}", run.stderr);
     assert_eq!(fs::read(&out).unwrap(), q4);
 
     let offline = apr.clone().env("HF_HUB_OFFLINE", "1");
-    offline.run(&["import", &format!("hf://{REPO}"), "-q", "Q4_K_M", "-o", out.to_str().unwrap()]).success();
+    offline
+        .run(&[
+            "import",
+            &format!("hf://{REPO}"),
+            "-q",
+            "Q4_K_M",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .success();
     assert_eq!(hub.log().len(), requests, "offline mode sent no request");
 
     // Offline, a quantization that was never fetched is a clear error.
     let missing = offline.run(&["import", &format!("hf://{REPO}"), "-q", "q8_0"]);
     missing.failure();
-    assert!(missing.stderr.contains("HF_HUB_OFFLINE is set"), "{}", missing.stderr);
-    assert!(missing.stderr.contains("no GGUF file matches quantization q8_0"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("HF_HUB_OFFLINE is set"),
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        missing
+            .stderr
+            .contains("no GGUF file matches quantization q8_0"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[test]
 fn a_transfer_cut_in_the_middle_resumes_with_a_range_request() {
-    let (hub, q4) = hub_with_repo(Faults { cut_first_download_at: Some(120_000) });
+    let (hub, q4) = hub_with_repo(Faults {
+        cut_first_download_at: Some(120_000),
+    });
     let apr = Apr::new().endpoint(&hub.endpoint);
     let out = apr.dir().join("m.gguf");
-    let run = apr.run(&["import", &format!("hf://{REPO}"), "-q", "q4_k_m", "-o", out.to_str().unwrap()]);
+    let run = apr.run(&[
+        "import",
+        &format!("hf://{REPO}"),
+        "-q",
+        "q4_k_m",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     run.success();
     assert_eq!(fs::read(&out).unwrap(), q4);
     let downloads = hub.downloads();
@@ -111,10 +169,22 @@ fn a_partial_file_from_an_earlier_run_is_resumed() {
     let apr = Apr::new().endpoint(&hub.endpoint);
     let blobs = repo_dir(apr.hf_home()).join("blobs");
     fs::create_dir_all(&blobs).unwrap();
-    fs::write(blobs.join(format!("{}.incomplete", sha256_hex(&q4))), &q4[..1000]).unwrap();
+    fs::write(
+        blobs.join(format!("{}.incomplete", sha256_hex(&q4))),
+        &q4[..1000],
+    )
+    .unwrap();
 
     let out = apr.dir().join("m.gguf");
-    apr.run(&["import", &format!("hf://{REPO}"), "-q", "q4_k_m", "-o", out.to_str().unwrap()]).success();
+    apr.run(&[
+        "import",
+        &format!("hf://{REPO}"),
+        "-q",
+        "q4_k_m",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .success();
     assert_eq!(fs::read(&out).unwrap(), q4);
     let downloads = hub.downloads();
     assert_eq!(downloads.len(), 1);
@@ -129,11 +199,26 @@ fn a_wrong_checksum_is_rejected_and_leaves_no_file() {
     hub.add_repo(REPO, COMMIT, vec![file]);
     let apr = Apr::new().endpoint(&hub.endpoint);
     let out = apr.dir().join("m.gguf");
-    let run = apr.run(&["import", &format!("hf://{REPO}"), "-q", "q4_k_m", "-o", out.to_str().unwrap()]);
+    let run = apr.run(&[
+        "import",
+        &format!("hf://{REPO}"),
+        "-q",
+        "q4_k_m",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     run.failure();
     assert!(run.stderr.contains("checksum mismatch"), "{}", run.stderr);
-    assert!(run.stderr.contains(&sha256_hex(b"something else")), "{}", run.stderr);
-    assert_eq!(blob_files(apr.hf_home()), Vec::<String>::new(), "no blob and no partial file");
+    assert!(
+        run.stderr.contains(&sha256_hex(b"something else")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        blob_files(apr.hf_home()),
+        Vec::<String>::new(),
+        "no blob and no partial file"
+    );
     assert!(!out.exists());
     assert!(!repo_dir(apr.hf_home()).join("snapshots").exists());
 }
@@ -145,7 +230,11 @@ fn a_missing_repo_is_a_clear_404() {
     let run = apr.run(&["import", "hf://acme/No-Such-Repo", "-q", "q4_k_m"]);
     run.failure();
     assert!(run.stderr.contains("acme/No-Such-Repo"), "{}", run.stderr);
-    assert!(run.stderr.contains("not found") && run.stderr.contains("404"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not found") && run.stderr.contains("404"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }
 
@@ -153,10 +242,26 @@ fn a_missing_repo_is_a_clear_404() {
 fn a_repo_without_the_quantization_lists_what_it_has() {
     let (hub, _) = hub_with_repo(Faults::default());
     let apr = Apr::new().endpoint(&hub.endpoint);
-    let run = apr.run(&["import", &format!("hf://{REPO}"), "--quantization", "q5_k_m", "-o", "x.gguf"]);
+    let run = apr.run(&[
+        "import",
+        &format!("hf://{REPO}"),
+        "--quantization",
+        "q5_k_m",
+        "-o",
+        "x.gguf",
+    ]);
     run.failure();
-    assert!(run.stderr.contains("no GGUF file matches quantization q5_k_m"), "{}", run.stderr);
-    assert!(run.stderr.contains("Q4_K_M") && run.stderr.contains("Q8_0"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("no GGUF file matches quantization q5_k_m"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Q4_K_M") && run.stderr.contains("Q8_0"),
+        "{}",
+        run.stderr
+    );
     assert!(hub.downloads().is_empty());
 }
 
@@ -166,31 +271,51 @@ fn an_unreachable_hub_without_a_cache_says_where_the_cache_is_and_how_to_fill_it
     let run = apr.run(&["import", &format!("hf://{REPO}"), "-q", "q4_k_m"]);
     run.failure();
     let cache = repo_dir(apr.hf_home());
-    assert!(run.stderr.contains("cannot reach the hub"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot reach the hub"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains(REPO), "{}", run.stderr);
-    assert!(run.stderr.contains(cache.to_str().unwrap()), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(cache.to_str().unwrap()),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("HF_ENDPOINT"), "{}", run.stderr);
 }
 
 #[test]
 fn plain_urls_and_resolve_urls_download_too() {
-    let (hub, q4) = hub_with_repo(Faults { cut_first_download_at: Some(70_000) });
+    let (hub, q4) = hub_with_repo(Faults {
+        cut_first_download_at: Some(70_000),
+    });
     let apr = Apr::new().endpoint(&hub.endpoint);
 
     // A resolve URL on the configured endpoint goes through the cache like hf://.
     let url = format!("{}/{REPO}/resolve/main/{Q4}", hub.endpoint);
     let out = apr.dir().join("resolved.gguf");
-    apr.run(&["import", &url, "-o", out.to_str().unwrap()]).success();
+    apr.run(&["import", &url, "-o", out.to_str().unwrap()])
+        .success();
     assert_eq!(fs::read(&out).unwrap(), q4);
     assert_eq!(blob_files(apr.hf_home()), vec![sha256_hex(&q4)]);
 
     // Any other URL downloads straight to OUT, resuming the same way.
     let other = Apr::new().endpoint(&common::closed_port_endpoint());
     let out = other.dir().join("direct.gguf");
-    let run = other.run(&["import", &format!("{}/{REPO}/resolve/{COMMIT}/{Q8}", hub.endpoint), "-o", out.to_str().unwrap()]);
+    let run = other.run(&[
+        "import",
+        &format!("{}/{REPO}/resolve/{COMMIT}/{Q8}", hub.endpoint),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     run.success();
     assert_eq!(fs::read(&out).unwrap(), noise(500_000, 2));
-    assert!(run.stderr.contains(&sha256_hex(&noise(500_000, 2))), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&sha256_hex(&noise(500_000, 2))),
+        "{}",
+        run.stderr
+    );
     assert!(!other.dir().join("direct.gguf.incomplete").exists());
 }
 
@@ -220,7 +345,11 @@ fn issue_2_seed_import_line_produces_the_coder_model() {
         ])
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let out = work.path().join("models/qwen2.5-coder-0.5b.gguf");
     assert_eq!(fs::metadata(&out).unwrap().len(), common::REAL_MODEL_SIZE);
     assert_eq!(common::sha256_file(&out), common::REAL_MODEL_SHA256);

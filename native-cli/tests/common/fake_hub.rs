@@ -23,7 +23,11 @@ pub struct FakeFile {
 impl FakeFile {
     pub fn new(name: &str, content: Vec<u8>) -> Self {
         let advertised_sha256 = sha256_hex(&content);
-        Self { name: name.to_string(), content, advertised_sha256 }
+        Self {
+            name: name.to_string(),
+            content,
+            advertised_sha256,
+        }
     }
 }
 
@@ -60,7 +64,10 @@ impl FakeHub {
     pub fn start(faults: Faults) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(Mutex::new(State { faults, ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            faults,
+            ..State::default()
+        }));
         let shared = Arc::clone(&state);
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -73,7 +80,11 @@ impl FakeHub {
 
     /// Adds a repo at `commit` with `files`.
     pub fn add_repo(&self, repo: &str, commit: &str, files: Vec<FakeFile>) {
-        self.state.lock().unwrap().repos.insert(repo.to_string(), (commit.to_string(), files));
+        self.state
+            .lock()
+            .unwrap()
+            .repos
+            .insert(repo.to_string(), (commit.to_string(), files));
     }
 
     /// Every request so far.
@@ -83,7 +94,10 @@ impl FakeHub {
 
     /// The requests for files (not the API).
     pub fn downloads(&self) -> Vec<Request> {
-        self.log().into_iter().filter(|r| r.path.contains("/resolve/")).collect()
+        self.log()
+            .into_iter()
+            .filter(|r| r.path.contains("/resolve/"))
+            .collect()
     }
 }
 
@@ -103,14 +117,21 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("range") {
-                range = Some(value.trim().to_string());
-            }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_string());
         }
     }
-    let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    state.lock().unwrap().log.push(Request { path: target.clone(), range: range.clone() });
+    let target = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
+    state.lock().unwrap().log.push(Request {
+        path: target.clone(),
+        range: range.clone(),
+    });
     let path = target.split('?').next().unwrap_or("").to_string();
     let mut out = stream;
 
@@ -133,7 +154,12 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
                     })
                     .collect();
                 let body = serde_json::json!({"id": repo, "sha": commit, "siblings": siblings});
-                respond(&mut out, "200 OK", &[("Content-Type", "application/json")], body.to_string().as_bytes());
+                respond(
+                    &mut out,
+                    "200 OK",
+                    &[("Content-Type", "application/json")],
+                    body.to_string().as_bytes(),
+                );
             }
             None => not_found(&mut out),
         }
@@ -160,7 +186,11 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         let key = format!("{repo}/{file}");
         let count = st.downloads.entry(key).or_insert(0);
         *count += 1;
-        let cut = if *count == 1 { st.faults.cut_first_download_at } else { None };
+        let cut = if *count == 1 {
+            st.faults.cut_first_download_at
+        } else {
+            None
+        };
         (content, cut)
     };
 
@@ -173,10 +203,15 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let (status, body, content_range) = match start {
         Some(s) if s >= total => {
             let headers = [("Content-Range", format!("bytes */{total}"))];
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             return respond(&mut out, "416 Range Not Satisfiable", &headers, b"");
         }
-        Some(s) => ("206 Partial Content", &content[s..], Some(format!("bytes {s}-{}/{total}", total - 1))),
+        Some(s) => (
+            "206 Partial Content",
+            &content[s..],
+            Some(format!("bytes {s}-{}/{total}", total - 1)),
+        ),
         None => ("200 OK", &content[..], None),
     };
     let mut head = format!(
@@ -195,11 +230,19 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
 }
 
 fn not_found(out: &mut TcpStream) {
-    respond(out, "404 Not Found", &[("Content-Type", "application/json")], br#"{"error":"Repository not found"}"#);
+    respond(
+        out,
+        "404 Not Found",
+        &[("Content-Type", "application/json")],
+        br#"{"error":"Repository not found"}"#,
+    );
 }
 
 fn respond(out: &mut TcpStream, status: &str, headers: &[(&str, &str)], body: &[u8]) {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 pub const REAL_MODEL_REPO: &str = "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF";
 pub const REAL_MODEL_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 pub const REAL_MODEL_SIZE: u64 = 491_400_064;
-pub const REAL_MODEL_SHA256: &str = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32";
+pub const REAL_MODEL_SHA256: &str =
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32";
 
 /// `apr` run in `dir` with the hub variables cleared, the user's cache kept.
 pub fn apr_in(dir: &Path) -> Command {
@@ -31,7 +32,11 @@ pub fn apr_in(dir: &Path) -> Command {
 
 /// The real model in the Hugging Face cache, where `scripts/fetch_model.py` puts it.
 pub fn real_model() -> PathBuf {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let hub = var("HF_HUB_CACHE")
         .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
         .unwrap_or_else(|| {
@@ -40,9 +45,15 @@ pub fn real_model() -> PathBuf {
                 .join("huggingface/hub")
         });
     let repo = hub.join(format!("models--{}", REAL_MODEL_REPO.replace('/', "--")));
-    let commit = std::fs::read_to_string(repo.join("refs/main"))
-        .unwrap_or_else(|_| panic!("{} has no refs/main: run scripts/fetch_model.py", repo.display()));
-    repo.join("snapshots").join(commit.trim()).join(REAL_MODEL_FILE)
+    let commit = std::fs::read_to_string(repo.join("refs/main")).unwrap_or_else(|_| {
+        panic!(
+            "{} has no refs/main: run scripts/fetch_model.py",
+            repo.display()
+        )
+    });
+    repo.join("snapshots")
+        .join(commit.trim())
+        .join(REAL_MODEL_FILE)
 }
 
 /// An `http://127.0.0.1:PORT` where nothing listens.
@@ -98,14 +109,30 @@ pub struct Run {
 
 impl Run {
     pub fn success(&self) -> &Self {
-        assert_eq!(self.code, Some(0), "expected success\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
     /// Exit code 1 (not 101, a panic) with an `error:` line.
     pub fn failure(&self) -> &Self {
-        assert_eq!(self.code, Some(1), "expected exit 1\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
-        assert!(self.stderr.starts_with("error: "), "stderr: {}", self.stderr);
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected exit 1\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            self.stderr.starts_with("error: "),
+            "stderr: {}",
+            self.stderr
+        );
         assert!(!self.stderr.contains("panicked"), "stderr: {}", self.stderr);
         self
     }
@@ -115,7 +142,11 @@ impl Apr {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let hf_home = dir.path().join("hf");
-        Self { dir: Arc::new(dir), hf_home, env: Vec::new() }
+        Self {
+            dir: Arc::new(dir),
+            hf_home,
+            env: Vec::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -137,7 +168,9 @@ impl Apr {
 
     pub fn run(&self, args: &[&str]) -> Run {
         let mut cmd = apr_in(self.dir());
-        cmd.env_remove("HF_HUB_CACHE").env("HF_HOME", &self.hf_home).args(args);
+        cmd.env_remove("HF_HUB_CACHE")
+            .env("HF_HOME", &self.hf_home)
+            .args(args);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
