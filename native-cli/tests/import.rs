@@ -143,6 +143,7 @@ fn the_cache_serves_when_the_hub_is_unreachable_or_offline_is_set() {
 fn a_transfer_cut_in_the_middle_resumes_with_a_range_request() {
     let (hub, q4) = hub_with_repo(Faults {
         cut_first_download_at: Some(120_000),
+        ..Faults::default()
     });
     let apr = Apr::new().endpoint(&hub.endpoint);
     let out = apr.dir().join("m.gguf");
@@ -161,6 +162,37 @@ fn a_transfer_cut_in_the_middle_resumes_with_a_range_request() {
     assert_eq!(downloads[0].range, None);
     assert_eq!(downloads[1].range.as_deref(), Some("bytes=120000-"));
     assert!(run.stderr.contains("resuming"), "{}", run.stderr);
+}
+
+#[test]
+fn a_server_that_ignores_range_makes_the_download_start_over() {
+    let (hub, q4) = hub_with_repo(Faults {
+        cut_first_download_at: Some(100_000),
+        ignore_range: true,
+    });
+    let apr = Apr::new().endpoint(&hub.endpoint);
+    let out = apr.dir().join("m.gguf");
+    apr.run(&[
+        "import",
+        &format!("hf://{REPO}"),
+        "-q",
+        "q4_k_m",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .success();
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        q4,
+        "the 200 answer replaced the partial bytes"
+    );
+    let downloads = hub.downloads();
+    assert_eq!(downloads.len(), 2);
+    assert_eq!(
+        downloads[1].range.as_deref(),
+        Some("bytes=100000-"),
+        "asked for the rest"
+    );
 }
 
 #[test]
@@ -289,6 +321,7 @@ fn an_unreachable_hub_without_a_cache_says_where_the_cache_is_and_how_to_fill_it
 fn plain_urls_and_resolve_urls_download_too() {
     let (hub, q4) = hub_with_repo(Faults {
         cut_first_download_at: Some(70_000),
+        ..Faults::default()
     });
     let apr = Apr::new().endpoint(&hub.endpoint);
 

