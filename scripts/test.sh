@@ -28,4 +28,9 @@ step "the Hugging Face cache, as Python's huggingface_hub sees it"
 python3 -m unittest discover -s tests -p 'test_*.py'
 
 step "unit and integration tests, with those that need the real model"
-cargo test --workspace --locked -- --include-ignored
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked -- --include-ignored 2>&1 | tee "$log"
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

@@ -15,8 +15,11 @@ pub enum Error {
     )]
     UnknownFormat {
         /// Up to eight leading bytes.
-        head: [u8; 8],
+        head: alloc::vec::Vec<u8>,
     },
+    /// A file of zero bytes.
+    #[error("the file is empty")]
+    Empty,
     /// A known format this build cannot read yet.
     #[error("{0} files are recognised but cannot be read yet")]
     Unsupported(Format),

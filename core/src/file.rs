@@ -21,6 +21,11 @@ impl MappedFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path)?;
+        if file.metadata()?.is_dir() {
+            return Err(
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory").into(),
+            );
+        }
         // SAFETY: the map is read-only and private to this process. If another process truncates
         // the file while it is mapped, reads of the lost pages fault; that is the accepted cost of
         // mmap, the same trade llama.cpp and safetensors make.

@@ -387,3 +387,38 @@ fn issue_2_seed_import_line_produces_the_coder_model() {
     assert_eq!(fs::metadata(&out).unwrap().len(), common::REAL_MODEL_SIZE);
     assert_eq!(common::sha256_file(&out), common::REAL_MODEL_SHA256);
 }
+
+#[test]
+fn a_hostile_listing_cannot_write_outside_the_cache() {
+    let hub = FakeHub::start(Faults::default());
+    hub.add_repo(
+        "acme/Evil-GGUF",
+        COMMIT,
+        vec![FakeFile::new(
+            "../../../../evil-q4_k_m.gguf",
+            noise(1000, 4),
+        )],
+    );
+    hub.add_repo(
+        "acme/Evil-Commit",
+        "../../..",
+        vec![FakeFile::new(Q4, noise(1000, 5))],
+    );
+    let apr = Apr::new().endpoint(&hub.endpoint);
+    let run = apr.run(&["import", "hf://acme/Evil-GGUF", "-q", "q4_k_m"]);
+    run.failure();
+    assert!(
+        run.stderr.contains("is not a valid file path"),
+        "{}",
+        run.stderr
+    );
+    let run = apr.run(&["import", "hf://acme/Evil-Commit", "-q", "q4_k_m"]);
+    run.failure();
+    assert!(
+        run.stderr.contains("is not a valid commit id"),
+        "{}",
+        run.stderr
+    );
+    assert!(hub.downloads().is_empty());
+    assert!(!apr.dir().join("evil-q4_k_m.gguf").exists());
+}

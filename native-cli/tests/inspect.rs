@@ -175,6 +175,21 @@ fn missing_unknown_and_not_yet_readable_files() {
         run.stderr
     );
 
+    let empty = write(&apr, "empty.gguf", b"");
+    assert!(
+        apr.run(&["inspect", &empty])
+            .failure()
+            .stderr
+            .contains("the file is empty")
+    );
+    let dir = apr.dir().to_str().unwrap().to_string();
+    assert!(
+        apr.run(&["inspect", &dir])
+            .failure()
+            .stderr
+            .contains("is a directory")
+    );
+
     let text = write(&apr, "notes.txt", b"just some text");
     assert!(
         apr.run(&["inspect", &text])

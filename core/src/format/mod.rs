@@ -38,12 +38,11 @@ impl Format {
 
     /// Like [`Format::sniff`], with an error that shows the bytes found.
     pub fn detect(head: &[u8]) -> Result<Self, Error> {
-        Self::sniff(head).ok_or_else(|| {
-            let mut found = [0u8; 8];
-            for (dst, src) in found.iter_mut().zip(head) {
-                *dst = *src;
-            }
-            Error::UnknownFormat { head: found }
+        if head.is_empty() {
+            return Err(Error::Empty);
+        }
+        Self::sniff(head).ok_or_else(|| Error::UnknownFormat {
+            head: head.iter().take(8).copied().collect(),
         })
     }
 

@@ -99,6 +99,14 @@ impl Hub {
 
     /// Makes one file of `repo` at `revision` available in the cache and returns where it is.
     pub(crate) fn fetch(&self, repo: &str, revision: &str, pick: Pick<'_>) -> Result<Fetched> {
+        // Every name below becomes part of a path in the cache: none may climb out of it.
+        for part in repo.split('/') {
+            check_component("repository name", part)?;
+        }
+        check_component("revision", revision)?;
+        if let Pick::File(file) = pick {
+            check_repo_path(file)?;
+        }
         let cache = RepoCache::new(&self.cache_root, repo);
         if self.offline {
             return self
@@ -135,7 +143,9 @@ impl Hub {
         };
 
         let names: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+        check_component("commit id from the hub", &info.sha)?;
         let file = pick_file(&names, pick).with_context(|| format!("in {repo}"))?;
+        check_repo_path(&file)?;
         let sibling = info
             .siblings
             .iter()
@@ -159,6 +169,9 @@ impl Hub {
             (None, None) => bail!("the hub listed {file} in {repo} without a blob id or sha256"),
         };
 
+        if etag.len() < 40 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("the hub gave '{etag}' as the blob id of {file}; expected a hex digest");
+        }
         let blob = cache.blob(&etag);
         if !blob.is_file() {
             let url = format!("{}/{repo}/resolve/{}/{}", self.endpoint, info.sha, file);
@@ -239,6 +252,32 @@ impl Hub {
         }
         hint
     }
+}
+
+/// Accepts one path component: letters, digits, `-`, `_`, `.`, but not `.` or `..` alone.
+fn check_component(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        bail!("'{name}' is not a valid {what}");
+    }
+    Ok(())
+}
+
+/// Accepts a relative path inside a repo: `/`-separated, no empty, `.` or `..` segments.
+fn check_repo_path(path: &str) -> Result<()> {
+    let ok = !path.contains('\\')
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if !ok {
+        bail!("'{path}' is not a valid file path inside a repository");
+    }
+    Ok(())
 }
 
 /// Chooses a file from a repo listing.
@@ -356,6 +395,25 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("Q4_0, Q4_K_M, IQ4_K_M, Q8_0"), "{err}");
+    }
+
+    #[test]
+    fn names_that_would_leave_the_cache_are_refused() {
+        for bad in ["..", ".", "", "a/b", "a\\b", "x y"] {
+            assert!(check_component("revision", bad).is_err(), "{bad:?}");
+        }
+        check_component("revision", "apr-wheels-0.9.0").unwrap();
+        for bad in [
+            "../x.gguf",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "a\\..\\b",
+            ".",
+        ] {
+            assert!(check_repo_path(bad).is_err(), "{bad:?}");
+        }
+        check_repo_path("sub/dir/model-q4_k_m.gguf").unwrap();
     }
 
     #[test]
