@@ -110,7 +110,10 @@ pub(crate) fn run(args: ImportArgs) -> Result<()> {
                     .map(|n| n.to_string_lossy())
                     .unwrap_or_default()
             ));
-            let label = out.display().to_string();
+            let label = out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let sha256 =
                 download::fetch(&hub_http(), &url, &part, &out, &Default::default(), &label)?;
             eprintln!("apr: sha256 {sha256}");

@@ -291,6 +291,9 @@ fn receive(
             *size = header("content-length").and_then(|v| v.parse().ok());
         }
     }
+    if let Some(total) = *size {
+        progress.set_length(total);
+    }
     let mut body = response.body_mut().with_config().reader();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -338,8 +341,8 @@ impl Progress {
         if !io::stderr().is_terminal() {
             return Self(None);
         }
-        let bar = ProgressBar::new(size.unwrap_or(0));
-        let template = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+        let bar = size.map_or_else(ProgressBar::no_length, ProgressBar::new);
+        let template = "{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {eta}";
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -351,6 +354,12 @@ impl Progress {
     fn set(&self, position: u64) {
         if let Some(bar) = &self.0 {
             bar.set_position(position);
+        }
+    }
+
+    fn set_length(&self, total: u64) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(total);
         }
     }
 
