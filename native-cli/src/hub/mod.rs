@@ -75,6 +75,35 @@ struct Lfs {
     size: u64,
 }
 
+impl Sibling {
+    /// The cache's name for the file's contents, and what the download must match: for LFS files
+    /// the sha256 and size, otherwise the git blob id and the size.
+    fn blob(&self) -> Result<(String, Expected)> {
+        let (etag, expected) = match (&self.lfs, &self.blob_id) {
+            (Some(lfs), _) => {
+                let sha256 = lfs.sha256.to_ascii_lowercase();
+                let expected = Expected {
+                    size: Some(lfs.size),
+                    sha256: Some(sha256.clone()),
+                };
+                (sha256, expected)
+            }
+            (None, Some(blob)) => (
+                blob.clone(),
+                Expected {
+                    size: self.size,
+                    sha256: None,
+                },
+            ),
+            (None, None) => bail!("the hub listed no blob id or sha256"),
+        };
+        if etag.len() < 40 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("the hub gave '{etag}' as the blob id; expected a hex digest");
+        }
+        Ok((etag, expected))
+    }
+}
+
 impl Hub {
     /// A client configured from `HF_ENDPOINT`, the cache variables, `HF_HUB_OFFLINE` and
     /// `HF_TOKEN`.
@@ -151,30 +180,22 @@ impl Hub {
             .iter()
             .find(|s| s.rfilename == file)
             .ok_or_else(|| anyhow!("{file} vanished from the listing of {repo}"))?;
-        let (etag, expected) = match (&sibling.lfs, &sibling.blob_id) {
-            (Some(lfs), _) => (
-                lfs.sha256.to_ascii_lowercase(),
-                Expected {
-                    size: Some(lfs.size),
-                    sha256: Some(lfs.sha256.to_ascii_lowercase()),
-                },
-            ),
-            (None, Some(blob)) => (
-                blob.clone(),
-                Expected {
-                    size: sibling.size,
-                    sha256: None,
-                },
-            ),
-            (None, None) => bail!("the hub listed {file} in {repo} without a blob id or sha256"),
-        };
-
-        if etag.len() < 40 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("the hub gave '{etag}' as the blob id of {file}; expected a hex digest");
-        }
+        let (etag, expected) = sibling
+            .blob()
+            .with_context(|| format!("{file} in {repo}"))?;
         let blob = cache.blob(&etag);
         if !blob.is_file() {
-            let url = format!("{}/{repo}/resolve/{}/{}", self.endpoint, info.sha, file);
+            let url = format!(
+                "{}/{repo}/resolve/{}/{}",
+                self.endpoint,
+                info.sha,
+                encode_path(&file)
+            );
+            let size = expected
+                .size
+                .map(|n| format!(" ({n} bytes)"))
+                .unwrap_or_default();
+            eprintln!("apr: downloading {file}{size} from {repo}");
             download::fetch_locked(
                 &self.http,
                 &url,
@@ -278,6 +299,19 @@ fn check_repo_path(path: &str) -> Result<()> {
         bail!("'{path}' is not a valid file path inside a repository");
     }
     Ok(())
+}
+
+/// Percent-encodes a repo path for a URL, keeping `/` and the unreserved characters.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Chooses a file from a repo listing.
@@ -414,6 +448,12 @@ mod tests {
             assert!(check_repo_path(bad).is_err(), "{bad:?}");
         }
         check_repo_path("sub/dir/model-q4_k_m.gguf").unwrap();
+    }
+
+    #[test]
+    fn paths_are_percent_encoded_for_urls() {
+        assert_eq!(encode_path("sub/m-q4_k_m.gguf"), "sub/m-q4_k_m.gguf");
+        assert_eq!(encode_path("my model #1.gguf"), "my%20model%20%231.gguf");
     }
 
     #[test]

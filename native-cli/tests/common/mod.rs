@@ -119,7 +119,7 @@ impl Run {
         self
     }
 
-    /// Exit code 1 (not 101, a panic) with an `error:` line.
+    /// Exit code 1 (not 101, a panic), ending with one `error:` line.
     pub fn failure(&self) -> &Self {
         assert_eq!(
             self.code,
@@ -128,8 +128,11 @@ impl Run {
             self.stdout,
             self.stderr
         );
-        assert!(
-            self.stderr.starts_with("error: "),
+        let last = self.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: "), "stderr: {}", self.stderr);
+        assert_eq!(
+            self.stderr.matches("error: ").count(),
+            1,
             "stderr: {}",
             self.stderr
         );
