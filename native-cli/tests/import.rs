@@ -28,6 +28,18 @@ fn hub_with_repo(faults: Faults) -> (FakeHub, Vec<u8>) {
     (hub, q4)
 }
 
+/// `apr import hf://REPO -q q4_k_m -o OUT`.
+fn import_q4(apr: &Apr, out: &Path) -> common::Run {
+    apr.run(&[
+        "import",
+        &format!("hf://{REPO}"),
+        "-q",
+        "q4_k_m",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+}
+
 fn repo_dir(hf_home: &Path) -> PathBuf {
     hf_home.join("hub").join("models--acme--Tiny-Coder-GGUF")
 }
@@ -97,14 +109,7 @@ fn the_cache_serves_when_the_hub_is_unreachable_or_offline_is_set() {
 
     let unreachable = apr.clone().endpoint(&common::closed_port_endpoint());
     let out = apr.dir().join("offline.gguf");
-    let run = unreachable.run(&[
-        "import",
-        &format!("hf://{REPO}"),
-        "-q",
-        "q4_k_m",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let run = import_q4(&unreachable, &out);
     run.success();
     assert!(run.stderr.contains("using the cached"), "{}", run.stderr);
     assert_eq!(fs::read(&out).unwrap(), q4);
@@ -147,14 +152,7 @@ fn a_transfer_cut_in_the_middle_resumes_with_a_range_request() {
     });
     let apr = Apr::new().endpoint(&hub.endpoint);
     let out = apr.dir().join("m.gguf");
-    let run = apr.run(&[
-        "import",
-        &format!("hf://{REPO}"),
-        "-q",
-        "q4_k_m",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let run = import_q4(&apr, &out);
     run.success();
     assert_eq!(fs::read(&out).unwrap(), q4);
     let downloads = hub.downloads();
@@ -172,15 +170,7 @@ fn a_server_that_ignores_range_makes_the_download_start_over() {
     });
     let apr = Apr::new().endpoint(&hub.endpoint);
     let out = apr.dir().join("m.gguf");
-    apr.run(&[
-        "import",
-        &format!("hf://{REPO}"),
-        "-q",
-        "q4_k_m",
-        "-o",
-        out.to_str().unwrap(),
-    ])
-    .success();
+    import_q4(&apr, &out).success();
     assert_eq!(
         fs::read(&out).unwrap(),
         q4,
@@ -208,15 +198,7 @@ fn a_partial_file_from_an_earlier_run_is_resumed() {
     .unwrap();
 
     let out = apr.dir().join("m.gguf");
-    apr.run(&[
-        "import",
-        &format!("hf://{REPO}"),
-        "-q",
-        "q4_k_m",
-        "-o",
-        out.to_str().unwrap(),
-    ])
-    .success();
+    import_q4(&apr, &out).success();
     assert_eq!(fs::read(&out).unwrap(), q4);
     let downloads = hub.downloads();
     assert_eq!(downloads.len(), 1);
@@ -231,14 +213,7 @@ fn a_wrong_checksum_is_rejected_and_leaves_no_file() {
     hub.add_repo(REPO, COMMIT, vec![file]);
     let apr = Apr::new().endpoint(&hub.endpoint);
     let out = apr.dir().join("m.gguf");
-    let run = apr.run(&[
-        "import",
-        &format!("hf://{REPO}"),
-        "-q",
-        "q4_k_m",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let run = import_q4(&apr, &out);
     run.failure();
     assert!(run.stderr.contains("checksum mismatch"), "{}", run.stderr);
     assert!(
