@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// apr: run, convert and serve LLMs (GGUF, SafeTensors, APR) on the CPU, the GPU or in the browser.
+/// apr: an LLM runtime and model-format toolkit for GGUF, SafeTensors and APR.
 #[derive(Debug, Parser)]
 #[command(name = "apr", version, propagate_version = true, max_term_width = 100)]
 pub(crate) struct Cli {
@@ -29,7 +29,8 @@ pub(crate) enum Command {
 pub(crate) struct ImportArgs {
     /// hf://ORG/REPO[/FILE], an http(s):// URL, or a local path.
     pub(crate) source: String,
-    /// Where to put the model. Without it, a hub import prints the path of the cached file.
+    /// Where to put the model. Without it, a hub import prints the path of the cached file and a
+    /// URL import writes the URL's file name into the current folder.
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: Option<PathBuf>,
     /// For a hub repo given without a file: pick the GGUF whose name ends in this quantization,
