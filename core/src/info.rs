@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::dtype::{GgmlType, file_type_name};
 use crate::format::Format;
 use crate::format::gguf::{Gguf, GgufError};
@@ -107,6 +108,18 @@ pub struct TensorSummary {
 }
 
 impl ModelInfo {
+    /// Summarises a whole model file of any format this build reads; `with_tensors` lists every
+    /// tensor.
+    pub fn from_bytes(bytes: &[u8], with_tensors: bool) -> Result<Self, Error> {
+        match Format::detect(bytes)? {
+            Format::Gguf => {
+                let gguf = Gguf::parse(bytes)?;
+                Ok(Self::from_gguf(&gguf, bytes.len() as u64, with_tensors)?)
+            }
+            other => Err(Error::Unsupported(other)),
+        }
+    }
+
     /// Summarises a parsed GGUF file of `file_size` bytes; `with_tensors` lists every tensor.
     pub fn from_gguf(
         gguf: &Gguf<'_>,

@@ -3,9 +3,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
-use apr_core::Error;
 use apr_core::file::MappedFile;
-use apr_core::format::Format;
 use apr_core::info::ModelInfo;
 
 use crate::args::InspectArgs;
@@ -13,11 +11,9 @@ use crate::output::{self, bytes, short_count, thousands};
 
 pub(crate) fn run(args: InspectArgs) -> Result<()> {
     let path = &args.file;
-    let info = inspect(
-        &MappedFile::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        args.tensors,
-    )
-    .with_context(|| path.display().to_string())?;
+    let file = MappedFile::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let info = ModelInfo::from_bytes(file.bytes(), args.tensors)
+        .with_context(|| path.display().to_string())?;
     let text = if args.json {
         let mut json = serde_json::to_string_pretty(&info)?;
         json.push('\n');
@@ -27,21 +23,6 @@ pub(crate) fn run(args: InspectArgs) -> Result<()> {
     };
     output::print(&text)?;
     Ok(())
-}
-
-/// Summarises a mapped model file.
-pub(crate) fn inspect(file: &MappedFile, with_tensors: bool) -> apr_core::Result<ModelInfo> {
-    match file.format()? {
-        Format::Gguf => {
-            let gguf = file.gguf()?;
-            Ok(ModelInfo::from_gguf(
-                &gguf,
-                file.bytes().len() as u64,
-                with_tensors,
-            )?)
-        }
-        other => Err(Error::Unsupported(other)),
-    }
 }
 
 /// The human-readable report.
