@@ -114,8 +114,9 @@ pub(crate) fn run(args: ImportArgs) -> Result<()> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let sha256 =
-                download::fetch(&hub_http(), &url, &part, &out, &Default::default(), &label)?;
+            // No HF_TOKEN here: the hub's token must not travel to other hosts.
+            let http = download::Http::new(None);
+            let sha256 = download::fetch(&http, &url, &part, &out, &Default::default(), &label)?;
             eprintln!("apr: sha256 {sha256}");
             out
         }
@@ -130,10 +131,6 @@ pub(crate) fn run(args: ImportArgs) -> Result<()> {
     };
     output::print(&format!("{}\n", result.display()))?;
     Ok(())
-}
-
-fn hub_http() -> download::Http {
-    download::Http::new(std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()))
 }
 
 fn file_name_of(url: &str) -> Result<String> {
