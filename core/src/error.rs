@@ -1,5 +1,9 @@
 //! The crate's one error type, built from the per-format errors.
 
+use alloc::string::String;
+
+use crate::format::apr::AprError;
+use crate::format::safetensors::StError;
 use crate::format::{Format, gguf::GgufError};
 
 /// Everything that can go wrong in `apr-core`.
@@ -9,6 +13,21 @@ pub enum Error {
     /// A GGUF file was rejected.
     #[error("GGUF: {0}")]
     Gguf(GgufError),
+    /// An APR file was rejected.
+    #[error("APR: {0}")]
+    Apr(AprError),
+    /// A SafeTensors file was rejected.
+    #[error("SafeTensors: {0}")]
+    Safetensors(StError),
+    /// Metadata that does not decode.
+    #[error("metadata: {0}")]
+    Metadata(String),
+    /// A request or a file that makes no sense (the message says why).
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller cancelled the operation.
+    #[error("cancelled")]
+    Cancelled,
     /// The first bytes match no known format.
     #[error(
         "unrecognised file: the first bytes {head:02x?} match no GGUF, SafeTensors or APR header"
@@ -29,11 +48,23 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-// Written out rather than `#[from]`, which would also make the GGUF error the `source()` and
+// Written out rather than `#[from]`, which would also make the inner error the `source()` and
 // print its message twice in an error chain.
 impl From<GgufError> for Error {
     fn from(err: GgufError) -> Self {
         Self::Gguf(err)
+    }
+}
+
+impl From<AprError> for Error {
+    fn from(err: AprError) -> Self {
+        Self::Apr(err)
+    }
+}
+
+impl From<StError> for Error {
+    fn from(err: StError) -> Self {
+        Self::Safetensors(err)
     }
 }
 

@@ -46,9 +46,40 @@ impl MappedFile {
         &self.map
     }
 
+    /// Tells the OS that `part` (a slice of [`MappedFile::bytes`]) will not be read again soon, so
+    /// its pages leave this process's resident set. Streaming a file much larger than memory
+    /// through the map then costs no more RSS than one tensor. Reading `part` again still works.
+    pub fn release(&self, part: &[u8]) {
+        #[cfg(unix)]
+        {
+            let base = self.map.as_ptr() as usize;
+            let start = part.as_ptr() as usize;
+            if start < base || start + part.len() > base + self.map.len() || part.is_empty() {
+                return;
+            }
+            // SAFETY: the map is private and read-only, so MADV_DONTNEED only drops clean
+            // file-backed pages; a later read faults them back in from the file unchanged. No
+            // reference sees different bytes.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start - base,
+                    part.len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = part;
+    }
+
     /// The file's format, from its first bytes.
     pub fn format(&self) -> Result<Format> {
         Format::detect(self.bytes())
+    }
+
+    /// Parses the file as any model format, releasing pages a whole-file checksum reads.
+    pub fn model(&self) -> Result<crate::format::model::ModelFile<'_>> {
+        crate::format::model::ModelFile::parse_with_release(self.bytes(), &|p| self.release(p))
     }
 
     /// Parses the file as GGUF.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::dtype::{GgmlType, file_type_name};
 use crate::format::Format;
-use crate::format::gguf::{Gguf, GgufError};
+use crate::format::model::ModelFile;
 
 /// The schema id carried in every [`ModelInfo`].
 pub const SCHEMA: &str = "apr.inspect.v1";
@@ -108,105 +108,101 @@ pub struct TensorSummary {
 }
 
 impl ModelInfo {
-    /// Summarises a whole model file of any format this build reads; `with_tensors` lists every
-    /// tensor.
+    /// Summarises a whole model file of any format; `with_tensors` lists every tensor.
     pub fn from_bytes(bytes: &[u8], with_tensors: bool) -> Result<Self, Error> {
-        match Format::detect(bytes)? {
-            Format::Gguf => {
-                let gguf = Gguf::parse(bytes)?;
-                Ok(Self::from_gguf(&gguf, bytes.len() as u64, with_tensors)?)
-            }
-            other => Err(Error::Unsupported(other)),
-        }
+        Ok(Self::from_model(&ModelFile::parse(bytes)?, with_tensors))
     }
 
-    /// Summarises a parsed GGUF file of `file_size` bytes; `with_tensors` lists every tensor.
-    pub fn from_gguf(
-        gguf: &Gguf<'_>,
-        file_size: u64,
-        with_tensors: bool,
-    ) -> Result<Self, GgufError> {
-        let architecture = gguf.get_str("general.architecture")?;
-        // Hyperparameters are keyed by architecture: `qwen2.block_count`.
-        let arch_key = |key: &str| architecture.map(|arch| [arch, ".", key].concat());
-        let arch_u64 = |key: &str| arch_key(key).map_or(Ok(None), |k| gguf.get_u64(&k));
-        let arch_f32 = |key: &str| arch_key(key).map_or(Ok(None), |k| gguf.get_f32(&k));
-
-        let tensors = gguf.tensors();
+    /// Summarises a parsed model file.
+    pub fn from_model(model: &ModelFile<'_>, with_tensors: bool) -> Self {
+        let meta = &model.metadata;
+        let tensors = &model.tensors;
         let parameters = tensors.iter().map(|t| t.elements()).sum();
-        let embedding = gguf.tensor("token_embd.weight");
-        let lm_head = match gguf.tensor("output.weight") {
+        let embedding = model.tensor("token_embd.weight");
+        let lm_head = match model.tensor("output.weight") {
             Some(t) => LmHead {
                 tied: false,
-                tensor: t.name.to_string(),
+                tensor: t.stored_name.clone(),
                 parameters: t.elements(),
             },
             None => LmHead {
                 tied: true,
-                tensor: "token_embd.weight".to_string(),
+                tensor: embedding.map_or_else(
+                    || "token_embd.weight".to_string(),
+                    |t| t.stored_name.clone(),
+                ),
                 parameters: embedding.map_or(0, |t| t.elements()),
             },
         };
-        let vocab_size = match arch_u64("vocab_size")? {
-            Some(n) => Some(n),
-            None => match gguf.get_array("tokenizer.ggml.tokens")? {
-                Some(tokens) => Some(tokens.len() as u64),
-                // The embedding's outer dimension is the vocabulary.
-                None => embedding.and_then(|t| t.shape().first().copied()),
-            },
-        };
+        let vocab_size = meta
+            .vocab_size()
+            .or_else(|| embedding.and_then(|t| t.shape.first().copied()));
 
         let mut by_type: BTreeMap<GgmlType, DtypeCount> = BTreeMap::new();
         for t in tensors {
-            let entry = by_type.entry(t.ty).or_insert(DtypeCount {
-                dtype: t.ty,
+            let entry = by_type.entry(t.dtype).or_insert(DtypeCount {
+                dtype: t.dtype,
                 count: 0,
                 parameters: 0,
                 bytes: 0,
             });
             entry.count += 1;
             entry.parameters += t.elements();
-            entry.bytes += t.size;
+            entry.bytes += t.data.len() as u64;
         }
         let mut dtypes: Vec<DtypeCount> = by_type.into_values().collect();
         dtypes.sort_by(|a, b| b.count.cmp(&a.count).then(a.dtype.cmp(&b.dtype)));
+        // Without a recorded file type, a file whose matrices share one type is named by it.
+        let quantization = match meta.get_u64("general.file_type") {
+            Some(id) => Some(
+                file_type_name(id).map_or_else(|| alloc::format!("file type {id}"), str::to_string),
+            ),
+            None => {
+                let mut matrices = tensors
+                    .iter()
+                    .filter(|t| t.shape.len() == 2)
+                    .map(|t| t.dtype);
+                let first = matrices.next();
+                first
+                    .filter(|f| matrices.all(|d| d == *f))
+                    .map(|f| f.name().to_string())
+            }
+        };
 
-        Ok(Self {
+        Self {
             schema: SCHEMA.to_string(),
-            format: Format::Gguf,
-            format_version: gguf.version(),
-            file_size,
-            name: gguf.get_str("general.name")?.map(str::to_string),
-            architecture: architecture.map(str::to_string),
-            quantization: gguf.get_u64("general.file_type")?.map(|id| {
-                file_type_name(id).map_or_else(|| alloc::format!("file type {id}"), str::to_string)
-            }),
+            format: model.format,
+            format_version: model.version,
+            file_size: model.file_size,
+            name: meta.get_str("general.name").map(str::to_string),
+            architecture: meta.architecture().map(str::to_string),
+            quantization,
             parameters,
             lm_head,
             vocab_size,
-            layers: arch_u64("block_count")?,
-            hidden_size: arch_u64("embedding_length")?,
-            feed_forward_size: arch_u64("feed_forward_length")?,
-            attention_heads: arch_u64("attention.head_count")?,
-            kv_heads: arch_u64("attention.head_count_kv")?,
-            context_length: arch_u64("context_length")?,
-            rope_theta: arch_f32("rope.freq_base")?,
-            rms_norm_eps: arch_f32("attention.layer_norm_rms_epsilon")?,
+            layers: meta.arch_u64("block_count"),
+            hidden_size: meta.arch_u64("embedding_length"),
+            feed_forward_size: meta.arch_u64("feed_forward_length"),
+            attention_heads: meta.arch_u64("attention.head_count"),
+            kv_heads: meta.arch_u64("attention.head_count_kv"),
+            context_length: meta.arch_u64("context_length"),
+            rope_theta: meta.arch_f32("rope.freq_base"),
+            rms_norm_eps: meta.arch_f32("attention.layer_norm_rms_epsilon"),
             tensor_count: tensors.len() as u64,
             dtypes,
-            metadata_count: gguf.metadata().len() as u64,
+            metadata_count: meta.len() as u64,
             tensors: with_tensors.then(|| {
                 tensors
                     .iter()
                     .map(|t| TensorSummary {
-                        name: t.name.to_string(),
-                        dtype: t.ty,
-                        shape: t.shape(),
-                        offset: gguf.data_offset() + t.offset,
-                        bytes: t.size,
+                        name: t.stored_name.clone(),
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        offset: t.offset,
+                        bytes: t.data.len() as u64,
                     })
                     .collect()
             }),
-        })
+        }
     }
 }

@@ -14,11 +14,21 @@
 
 extern crate alloc;
 
+#[cfg(feature = "std")]
+pub mod convert;
 pub mod dtype;
 pub mod error;
 #[cfg(feature = "std")]
 pub mod file;
 pub mod format;
+pub mod hf;
 pub mod info;
+pub mod meta;
+pub mod names;
+pub mod quant;
+#[cfg(feature = "std")]
+pub mod verify;
+#[cfg(feature = "std")]
+pub mod write;
 
 pub use error::{Error, Result};

@@ -3,6 +3,7 @@
 //! (0 ok, 1 failure, 2 usage).
 
 mod args;
+mod atomic;
 mod commands;
 mod hub;
 mod output;
@@ -11,13 +12,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, RosettaCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Import(args) => commands::import::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Rosetta {
+            command: RosettaCommand::Convert(args),
+        }
+        | Command::Convert(args) => commands::convert::run(args),
+        Command::Check(args) => commands::check::run(args),
+        Command::Validate(args) => commands::validate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,10 @@
 //! gives the byte layout. Today GGUF is read; SafeTensors and APR are recognised by their first
 //! bytes so that tools can say what a file is even before they can read it.
 
+pub mod apr;
 pub mod gguf;
+pub mod model;
+pub mod safetensors;
 
 use core::fmt;
 

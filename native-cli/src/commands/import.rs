@@ -159,27 +159,12 @@ fn place(src: &Path, out: &Path) -> Result<()> {
     {
         return Ok(());
     }
-    let dir = match out.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".apr-import-");
-    // A model is an ordinary file: readable by others, as the umask allows.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let mut tmp = crate::atomic::temp_beside(out)?;
     let mut input =
         fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
     std::io::copy(&mut input, tmp.as_file_mut())
         .with_context(|| format!("cannot copy {} to {}", src.display(), out.display()))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(out)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(())
+    crate::atomic::commit(tmp, out, true)
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use crate::output::{self, bytes, short_count, thousands};
 pub(crate) fn run(args: InspectArgs) -> Result<()> {
     let path = &args.file;
     let file = MappedFile::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let info = ModelInfo::from_bytes(file.bytes(), args.tensors)
-        .with_context(|| path.display().to_string())?;
+    let model = file.model().with_context(|| path.display().to_string())?;
+    let info = ModelInfo::from_model(&model, args.tensors);
     let text = if args.json {
         let mut json = serde_json::to_string_pretty(&info)?;
         json.push('\n');
