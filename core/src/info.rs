@@ -29,6 +29,9 @@ pub struct ModelInfo {
     pub format_version: u32,
     /// Size of the file in bytes.
     pub file_size: u64,
+    /// APR tensor compression: `none`, `lz4` or `zstd` (absent for other formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
     /// The model's name (`general.name`).
     pub name: Option<String>,
     /// The architecture (`general.architecture`), e.g. `qwen2`.
@@ -174,6 +177,13 @@ impl ModelInfo {
             format: model.format,
             format_version: model.version,
             file_size: model.file_size,
+            compression: model.apr.as_ref().map(|_| {
+                model
+                    .tensors
+                    .first()
+                    .map_or("none", |t| t.compression.name())
+                    .to_string()
+            }),
             name: meta.get_str("general.name").map(str::to_string),
             architecture: meta.architecture().map(str::to_string),
             quantization,

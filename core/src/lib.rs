@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod check;
 #[cfg(feature = "std")]
 pub mod convert;
 pub mod dtype;
@@ -26,6 +27,8 @@ pub mod info;
 pub mod meta;
 pub mod names;
 pub mod quant;
+#[cfg(feature = "std")]
+pub mod validate;
 #[cfg(feature = "std")]
 pub mod verify;
 #[cfg(feature = "std")]

@@ -41,7 +41,12 @@ fn render(info: &ModelInfo, path: &str) -> String {
         ),
         (
             "Format",
-            format!("{} v{}", info.format, info.format_version),
+            match (info.format_version, &info.compression) {
+                // SafeTensors has no version number.
+                (0, _) => info.format.to_string(),
+                (v, Some(c)) if c != "none" => format!("{} v{v}, {c} compressed", info.format),
+                (v, _) => format!("{} v{v}", info.format),
+            },
         ),
         (
             "Quantization",
