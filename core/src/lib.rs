@@ -28,6 +28,8 @@ pub mod meta;
 pub mod names;
 pub mod quant;
 #[cfg(feature = "std")]
+pub mod synth;
+#[cfg(feature = "std")]
 pub mod validate;
 #[cfg(feature = "std")]
 pub mod verify;

@@ -20,8 +20,10 @@ pub fn threshold(src: GgmlType, out: GgmlType) -> Option<f32> {
         GgmlType::BF16 => 8e-3,
         GgmlType::Q8_0 => 1e-2,
         GgmlType::Q6_K => 4e-2,
-        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 5e-2,
-        GgmlType::Q4_0 | GgmlType::Q4_1 => 1e-1,
+        // A block's extreme of the opposite sign to its scale is clamped one level short:
+        // up to 1/16 of the block's magnitude for Q5_0, 1/8 for Q4_0.
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 7e-2,
+        GgmlType::Q4_0 | GgmlType::Q4_1 => 1.3e-1,
         _ => 1.5e-1,
     })
 }

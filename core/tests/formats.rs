@@ -1,0 +1,273 @@
+//! Round trips between GGUF, SafeTensors and APR on tiny synthetic qwen2 models of every tensor
+//! type: quant blocks survive byte for byte, dequantization is exact, metadata survives, and
+//! `verify` agrees.
+
+use std::io::Cursor;
+
+use apr_core::convert::{self, Options, Quantize};
+use apr_core::dtype::GgmlType;
+use apr_core::format::Format;
+use apr_core::format::apr::Compression;
+use apr_core::format::model::ModelFile;
+use apr_core::quant::dequantize;
+use apr_core::synth::{self, Config};
+use apr_core::verify::verify;
+use apr_core::write::apr::AprWriter;
+use apr_core::write::gguf::GgufWriter;
+use apr_core::write::safetensors::SafetensorsWriter;
+use apr_core::write::{OutTensor, TensorSink};
+use proptest::prelude::*;
+
+const MATRIX_TYPES: [GgmlType; 10] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
+/// Converts `src` in memory the way `apr rosetta convert` does on disk.
+fn convert(
+    src: &[u8],
+    target: Format,
+    quantize: Option<Quantize>,
+    dtype: Option<GgmlType>,
+    compression: Compression,
+) -> Vec<u8> {
+    let model = ModelFile::parse(src).unwrap();
+    let opts = Options {
+        target,
+        quantize,
+        dtype,
+    };
+    let plan = convert::plan(&model, &opts).unwrap();
+    let meta = convert::output_metadata(&model, &plan, &opts);
+    let outs: Vec<OutTensor> = plan.iter().map(|p| p.out.clone()).collect();
+    let mut buf = Cursor::new(Vec::new());
+    {
+        let mut sink: Box<dyn TensorSink + '_> = match target {
+            Format::Gguf => Box::new(GgufWriter::new(&mut buf, &meta, &outs, 32).unwrap()),
+            Format::Safetensors => Box::new(
+                SafetensorsWriter::new(&mut buf, convert::safetensors_metadata(&meta), &outs)
+                    .unwrap(),
+            ),
+            Format::Apr => {
+                let json = convert::apr_metadata_json(&meta, "test", model.format);
+                Box::new(AprWriter::new(&mut buf, &json, &outs, compression, 3, true).unwrap())
+            }
+        };
+        convert::write_all(
+            &model,
+            &plan,
+            &mut *sink,
+            &mut |_| {},
+            &|| false,
+            &mut |_| {},
+        )
+        .unwrap();
+        sink.finish().unwrap();
+    }
+    let out = buf.into_inner();
+    let back = ModelFile::parse(&out).unwrap();
+    let report = verify(&model, &back, &mut |_| {}, &mut |_, _| {}).unwrap();
+    let failed: Vec<_> = report.tensors.iter().filter(|t| !t.pass).collect();
+    assert!(
+        report.pass,
+        "{target:?} {quantize:?} {dtype:?}: {:?} {failed:?}",
+        report.problems
+    );
+    out
+}
+
+fn decoded(t: &apr_core::format::model::Tensor<'_>) -> Vec<f32> {
+    let raw = t.decode().unwrap();
+    let mut v = vec![0f32; t.elements() as usize];
+    dequantize(t.dtype, &raw, &mut v).unwrap();
+    v
+}
+
+fn assert_same_tensors(a: &ModelFile<'_>, b: &ModelFile<'_>) {
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (x, y) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!(x.name, y.name);
+        assert_eq!(x.dtype, y.dtype, "{}", x.name);
+        assert_eq!(x.shape, y.shape, "{}", x.name);
+        assert_eq!(x.decode().unwrap(), y.decode().unwrap(), "{} bytes", x.name);
+    }
+}
+
+#[test]
+fn issue_3_gguf_apr_gguf_is_bit_exact_for_every_type_and_compression() {
+    for ty in MATRIX_TYPES {
+        let src = synth::gguf(&Config::default(), ty).unwrap();
+        let original = ModelFile::parse(&src).unwrap();
+        for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let apr = convert(&src, Format::Apr, None, None, c);
+            let back = convert(&apr, Format::Gguf, None, None, Compression::None);
+            let back = ModelFile::parse(&back).unwrap();
+            assert_same_tensors(&original, &back);
+            assert_eq!(original.metadata, back.metadata, "{ty} {c:?}");
+        }
+    }
+}
+
+#[test]
+fn issue_3_gguf_safetensors_apr_gguf_keeps_metadata_and_values() {
+    for ty in MATRIX_TYPES {
+        let src = synth::gguf(&Config::default(), ty).unwrap();
+        let original = ModelFile::parse(&src).unwrap();
+        let st = convert(&src, Format::Safetensors, None, None, Compression::None);
+        let st_model = ModelFile::parse(&st).unwrap();
+        // Float types stay as they are; quant blocks become F32.
+        let want = if matches!(ty, GgmlType::F16 | GgmlType::BF16) {
+            ty
+        } else {
+            GgmlType::F32
+        };
+        assert!(
+            st_model
+                .tensors
+                .iter()
+                .filter(|t| t.shape.len() == 2)
+                .all(|t| t.dtype == want)
+        );
+        // Names are Hugging Face names in the file, GGUF names in the view.
+        assert!(
+            st_model
+                .tensors
+                .iter()
+                .any(|t| t.stored_name == "model.layers.0.self_attn.q_proj.weight")
+        );
+        let apr = convert(&st, Format::Apr, None, None, Compression::Lz4);
+        let gguf = convert(&apr, Format::Gguf, None, None, Compression::None);
+        let back = ModelFile::parse(&gguf).unwrap();
+        for (a, b) in original.tensors.iter().zip(&back.tensors) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(decoded(a), decoded(b), "{} ({ty})", a.name);
+        }
+        // Every key survives; only general.file_type may change, and only truthfully.
+        for (k, v) in original.metadata.entries() {
+            if k != "general.file_type" {
+                assert_eq!(back.metadata.get(k), Some(v), "{k} after {ty}");
+            }
+        }
+    }
+}
+
+#[test]
+fn issue_3_all_six_directions_verify() {
+    let gguf = synth::gguf(&Config::default(), GgmlType::Q8_0).unwrap();
+    let st = convert(
+        &gguf,
+        Format::Safetensors,
+        None,
+        Some(GgmlType::F16),
+        Compression::None,
+    );
+    let apr = convert(&gguf, Format::Apr, None, None, Compression::Zstd);
+    convert(&st, Format::Gguf, None, None, Compression::None);
+    convert(&st, Format::Apr, None, None, Compression::None);
+    convert(&apr, Format::Safetensors, None, None, Compression::None);
+    convert(&apr, Format::Gguf, None, None, Compression::None);
+}
+
+#[test]
+fn issue_3_quantize_schemes_pick_llama_cpp_types() {
+    let cfg = Config {
+        layers: 8,
+        ..Config::default()
+    };
+    let src = synth::gguf(&cfg, GgmlType::F32).unwrap();
+    let out = convert(
+        &src,
+        Format::Gguf,
+        Some(Quantize::Q4KM),
+        None,
+        Compression::None,
+    );
+    let m = ModelFile::parse(&out).unwrap();
+    let ty = |n: &str| m.tensor(n).unwrap().dtype;
+    assert_eq!(ty("output.weight"), GgmlType::Q6_K);
+    assert_eq!(ty("token_embd.weight"), GgmlType::Q4_K);
+    assert_eq!(ty("blk.0.attn_q.weight"), GgmlType::Q4_K);
+    // use_more_bits(i, 8): i < 1, i >= 7, (i - 1) % 3 == 2.
+    for i in 0..8 {
+        let more = i < 1 || i >= 7 || (i as i64 - 1) % 3 == 2;
+        let want = if more { GgmlType::Q6_K } else { GgmlType::Q4_K };
+        assert_eq!(ty(&format!("blk.{i}.attn_v.weight")), want, "layer {i}");
+        assert_eq!(ty(&format!("blk.{i}.ffn_down.weight")), want, "layer {i}");
+    }
+    assert_eq!(ty("blk.0.attn_norm.weight"), GgmlType::F32);
+    assert_eq!(m.metadata.get_u64("general.file_type"), Some(15));
+
+    // Rows that are not whole 256-blocks fall back as llama.cpp does.
+    let narrow = Config {
+        hidden: 96,
+        heads: 3,
+        kv_heads: 1,
+        ffn: 256,
+        ..Config::default()
+    };
+    let src = synth::gguf(&narrow, GgmlType::F32).unwrap();
+    let out = convert(
+        &src,
+        Format::Gguf,
+        Some(Quantize::Q4KM),
+        None,
+        Compression::None,
+    );
+    let m = ModelFile::parse(&out).unwrap();
+    assert_eq!(
+        m.tensor("blk.0.attn_q.weight").unwrap().dtype,
+        GgmlType::Q5_0
+    );
+    assert_eq!(m.tensor("output.weight").unwrap().dtype, GgmlType::Q8_0);
+    assert_eq!(
+        m.tensor("blk.0.ffn_down.weight").unwrap().dtype,
+        GgmlType::Q4_K
+    );
+}
+
+#[test]
+fn issue_3_safetensors_cannot_hold_quant_blocks() {
+    let src = synth::gguf(&Config::default(), GgmlType::F32).unwrap();
+    let model = ModelFile::parse(&src).unwrap();
+    let opts = Options {
+        target: Format::Safetensors,
+        quantize: Some(Quantize::Type(GgmlType::Q4_K)),
+        dtype: None,
+    };
+    let err = convert::plan(&model, &opts).unwrap_err().to_string();
+    assert!(err.contains("SafeTensors cannot hold"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn issue_3_random_models_round_trip(
+        ty in proptest::sample::select(MATRIX_TYPES.to_vec()),
+        layers in 1u64..3,
+        kv_heads in proptest::sample::select(vec![1u64, 2, 4]),
+        tied in any::<bool>(),
+        seed in any::<u64>(),
+        c in proptest::sample::select(vec![Compression::None, Compression::Lz4, Compression::Zstd]),
+    ) {
+        let cfg = Config { layers, kv_heads, seed, separate_lm_head: !tied, merges: 10, ..Config::default() };
+        let src = synth::gguf(&cfg, ty).unwrap();
+        let original = ModelFile::parse(&src).unwrap();
+        let apr = convert(&src, Format::Apr, None, None, c);
+        let back = convert(&apr, Format::Gguf, None, None, Compression::None);
+        assert_same_tensors(&original, &ModelFile::parse(&back).unwrap());
+        let st = convert(&apr, Format::Safetensors, None, None, Compression::None);
+        let st = ModelFile::parse(&st).unwrap();
+        for (a, b) in original.tensors.iter().zip(&st.tensors) {
+            prop_assert_eq!(decoded(a), decoded(b));
+        }
+    }
+}
