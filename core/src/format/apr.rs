@@ -37,6 +37,22 @@ pub const FLAG_HAS_VOCAB: u16 = 1 << 9;
 pub const FLAG_ROW_MAJOR: u16 = 1 << 10;
 /// The metadata key that marks a file written by this implementation.
 pub const WRITER_KEY: &str = "apr_writer";
+/// The tensor types an APR file may hold (by ggml id: 0, 1, 2, 3, 6, 7, 8, 10..=14, 30).
+pub const STORED_TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::BF16,
+];
 /// Most dimensions a tensor may have.
 pub const MAX_DIMS: usize = 8;
 
@@ -370,11 +386,14 @@ impl<'a> AprFile<'a> {
             .iter()
             .rposition(|&b| b != 0)
             .map_or(0, |i| i + 1);
-        let metadata: serde_json::Value = serde_json::from_slice(&meta_bytes[..meta_end])
-            .map_err(|e| AprError::Metadata(e.to_string()))?;
-        let legacy = metadata.get(WRITER_KEY).is_none();
+        let meta_bytes = &meta_bytes[..meta_end];
+        // Our files carry the writer key and always end in a CRC; the original tool's may not.
+        // Deciding this from the raw bytes lets a corrupt file fail before any JSON is parsed.
+        let marker = alloc::format!("\"{WRITER_KEY}\"");
+        let legacy = !meta_bytes
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes());
 
-        // Our files end with a CRC of everything before it; the original tool's may not.
         let footer_at = bytes.len() - 4;
         let stored = le_u32(bytes, footer_at);
         let mut crc = crc32fast::Hasher::new();
@@ -436,8 +455,13 @@ impl<'a> AprFile<'a> {
                 .to_string();
             let id = take(&mut pos, 1)?[0];
             let dtype = match GgmlType::from_id(id.into()) {
-                TypeId::Known(t) if t.block_size() > 0 => t,
-                _ => return Err(bad(&alloc::format!("unknown dtype id {id} for {name:?}"))),
+                TypeId::Known(t) if STORED_TYPES.contains(&t) => t,
+                _ => {
+                    return Err(bad(&alloc::format!(
+                        "unknown dtype id {id} for {name:?} (APR stores F32, F16, BF16, Q4_0, \
+                         Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K..Q6_K)"
+                    )));
+                }
             };
             let ndim = usize::from(take(&mut pos, 1)?[0]);
             if ndim > MAX_DIMS {
@@ -469,6 +493,13 @@ impl<'a> AprFile<'a> {
                     expected,
                 });
             }
+            let absolute = header.data_offset.saturating_add(offset);
+            if !legacy && absolute % ALIGN != 0 {
+                return Err(AprError::Misaligned {
+                    name,
+                    offset: absolute,
+                });
+            }
             let end = offset.checked_add(size).unwrap_or(u64::MAX);
             if end > data_len {
                 return Err(AprError::OutOfBounds {
@@ -476,13 +507,6 @@ impl<'a> AprFile<'a> {
                     offset: header.data_offset.saturating_add(offset),
                     end: header.data_offset.saturating_add(end),
                     len: body_len,
-                });
-            }
-            let absolute = header.data_offset + offset;
-            if !legacy && absolute % ALIGN != 0 {
-                return Err(AprError::Misaligned {
-                    name,
-                    offset: absolute,
                 });
             }
             index.push(IndexEntry {
@@ -506,6 +530,10 @@ impl<'a> AprFile<'a> {
         {
             return Err(AprError::Overlap(w[0].name.clone(), w[1].name.clone()));
         }
+        // Parsed last: a JSON document costs more memory than its bytes, so only files whose
+        // structure already checked out get this far.
+        let metadata: serde_json::Value =
+            serde_json::from_slice(meta_bytes).map_err(|e| AprError::Metadata(e.to_string()))?;
         let data = index
             .iter()
             .map(|e| {

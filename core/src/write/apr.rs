@@ -77,6 +77,12 @@ impl<W: Write + Seek> AprWriter<W> {
         let mut expected = Vec::with_capacity(tensors.len());
         let mut entries = Vec::with_capacity(tensors.len());
         for t in tensors {
+            if !crate::format::apr::STORED_TYPES.contains(&t.dtype) {
+                return Err(Error::Invalid(format!(
+                    "{}: APR cannot store {} tensors",
+                    t.name, t.dtype
+                )));
+            }
             if t.name.len() > usize::from(u16::MAX) {
                 return Err(Error::Invalid(format!("tensor name too long: {}", t.name)));
             }
