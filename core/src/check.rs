@@ -242,9 +242,11 @@ pub fn check(bytes: &[u8], release: &dyn Fn(&[u8])) -> CheckReport {
         problems.push(format!("duplicate tensor {}", w[0]));
     }
     for t in &model.tensors {
-        if t.compression == crate::format::apr::Compression::None
-            && t.data.len() as u64 != t.raw_size()
-        {
+        if t.compression != crate::format::apr::Compression::None {
+            if let Err(e) = decoded_len_matches(t) {
+                problems.push(e);
+            }
+        } else if t.data.len() as u64 != t.raw_size() {
             problems.push(format!(
                 "{}: {} bytes for {} {:?}",
                 t.stored_name,
@@ -438,4 +440,44 @@ fn finish(format: Option<Format>, s: Stages) -> CheckReport {
         stages: s.0,
         pass,
     }
+}
+
+/// Decodes a compressed tensor in pieces and checks it yields exactly its size.
+#[cfg(feature = "std")]
+fn decoded_len_matches(t: &crate::format::model::Tensor<'_>) -> Result<(), String> {
+    use std::io::Read;
+    let mut reader = t.reader().map_err(|e| e.to_string())?;
+    let mut buf = alloc::vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("{}: does not decompress: {e}", t.stored_name))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > t.raw_size() {
+            break;
+        }
+    }
+    if total == t.raw_size() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: decompresses to {}{total} bytes, its type and shape need {}",
+            t.stored_name,
+            if total > t.raw_size() {
+                "more than "
+            } else {
+                ""
+            },
+            t.raw_size()
+        ))
+    }
+}
+
+#[cfg(not(feature = "std"))]
+fn decoded_len_matches(t: &crate::format::model::Tensor<'_>) -> Result<(), String> {
+    t.decode().map(|_| ()).map_err(|e| e.to_string())
 }

@@ -378,9 +378,9 @@ pub fn apr_metadata_json(
         "vocab_size": meta.vocab_size(),
         "intermediate_size": meta.arch_u64("feed_forward_length"),
         "max_position_embeddings": meta.arch_u64("context_length"),
-        "rope_theta": meta.arch_f32("rope.freq_base").map(f64::from),
+        "rope_theta": meta.arch_f32("rope.freq_base").map(crate::meta::f32_json),
         "rope_type": if arch == Some("qwen2") { Some(2) } else { None },
-        "rms_norm_eps": meta.arch_f32("attention.layer_norm_rms_epsilon").map(f64::from),
+        "rms_norm_eps": meta.arch_f32("attention.layer_norm_rms_epsilon").map(crate::meta::f32_json),
         "chat_template": meta.get_str("tokenizer.chat_template"),
         "special_tokens": {
             "bos_token": token("tokenizer.ggml.bos_token_id"),

@@ -13,6 +13,12 @@ use serde_json::{Map, Value as Json, json};
 
 use crate::format::gguf::{Gguf, Value, ValueType};
 
+/// An f32 as the f64 with the same shortest decimal form (1e-6, not 9.99999997e-7), for JSON
+/// read by tools that parse f64.
+pub fn f32_json(v: f32) -> f64 {
+    alloc::format!("{v}").parse().unwrap_or(f64::from(v))
+}
+
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)]

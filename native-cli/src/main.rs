@@ -30,6 +30,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`apr inspect x | head`) is the reader's choice, not a failure.
         Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        // Ctrl-C: the temporary output was dropped on the way out.
+        Err(err)
+            if err
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(apr_core::Error::Cancelled))) =>
+        {
+            eprintln!("error: cancelled; no output was written");
+            ExitCode::from(130)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
