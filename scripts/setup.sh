@@ -47,6 +47,32 @@ if $want_tests && ! python3 -c 'import huggingface_hub' 2>/dev/null; then
     say "installing the Python huggingface_hub package (cache-compatibility test)"
     pip_install 'huggingface_hub>=0.20'
 fi
+if $want_tests && ! python3 -c 'import gguf, numpy' 2>/dev/null; then
+    say "installing the Python gguf and numpy packages (the reference for GGUF and ggml quants)"
+    pip_install 'gguf>=0.17' numpy
+fi
+
+# The Hugging Face libraries that must load the folders apr writes: torch, transformers,
+# tokenizers. torch is large, so they get their own virtual environment, kept between runs.
+hf_venv="${APR_HF_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/apr/hf-venv}"
+if $want_tests && ! "$hf_venv/bin/python" -c 'import torch, transformers, tokenizers' 2>/dev/null; then
+    say "creating $hf_venv with torch, transformers and tokenizers (a few minutes, once)"
+    python3 -m venv "$hf_venv"
+    "$hf_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        torch transformers tokenizers safetensors
+fi
+
+# cargo-fuzz and a nightly toolchain for the fuzz targets in fuzz/.
+if $want_tests; then
+    if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+        say "installing a nightly toolchain (cargo fuzz needs it)"
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! command -v cargo-fuzz >/dev/null 2>&1; then
+        say "installing cargo-fuzz"
+        cargo install cargo-fuzz --locked --quiet
+    fi
+fi
 
 # The default model, verified, in the Hugging Face cache.
 python3 scripts/fetch_model.py >/dev/null

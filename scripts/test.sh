@@ -24,13 +24,22 @@ cargo build -p apr-core --no-default-features --target wasm32-unknown-unknown --
 step "the web app for wasm32"
 cargo check -p apr-web --target wasm32-unknown-unknown --locked --quiet
 
-step "the Hugging Face cache, as Python's huggingface_hub sees it"
-python3 -m unittest discover -s tests -p 'test_*.py'
+step "the release binary (the Python tests and the fuzz seeds drive it)"
+cargo build --release --locked -p apr-cli --quiet
+
+log=$(mktemp)
+pylog=$(mktemp)
+trap 'rm -f "$log" "$pylog"' EXIT
+
+step "cross-tool tests: huggingface_hub's cache, the Python gguf package, transformers"
+APR_BIN="$PWD/target/release/apr" python3 -m unittest discover -v -s tests -p 'test_*.py' 2>&1 | tee "$pylog"
+
+step "fuzz every reader for a bounded time"
+scripts/fuzz.sh "${APR_FUZZ_SECONDS:-20}"
 
 step "unit and integration tests, with those that need the real model"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked -- --include-ignored 2>&1 | tee "$log"
-# One closing line for the whole suite, summed over every test binary.
-awk '/^test result:/ { p += $4; f += $6; i += $8 }
-     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+# One closing line for the whole suite, summed over every Rust test binary and the Python tests.
+py=$(awk '/^Ran [0-9]+ tests? in/ { n += $2 } END { print n + 0 }' "$pylog")
+awk -v py="$py" '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p + py, f, i }' "$log"

@@ -115,11 +115,10 @@ fn wanted(scheme: Quantize, name: &str, n_layers: u64) -> GgmlType {
         Quantize::Type(t) => t,
         Quantize::Q4KM => {
             let more = |name: &str| layer_of(name).is_some_and(|i| use_more_bits(i, n_layers));
-            if name == "output.weight" {
-                GgmlType::Q6_K
-            } else if (name.ends_with(".attn_v.weight") || name.ends_with(".ffn_down.weight"))
-                && more(name)
-            {
+            let more_bits = (name.ends_with(".attn_v.weight")
+                || name.ends_with(".ffn_down.weight"))
+                && more(name);
+            if name == "output.weight" || more_bits {
                 GgmlType::Q6_K
             } else {
                 GgmlType::Q4_K
@@ -130,7 +129,7 @@ fn wanted(scheme: Quantize, name: &str, n_layers: u64) -> GgmlType {
 
 /// llama.cpp's fallback for rows that are not whole blocks.
 fn fallback(t: GgmlType, row: u64) -> (GgmlType, Option<String>) {
-    let fits = |t: GgmlType| row % t.block_size() == 0;
+    let fits = |t: GgmlType| row.is_multiple_of(t.block_size());
     if fits(t) {
         return (t, None);
     }

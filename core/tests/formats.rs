@@ -197,7 +197,7 @@ fn issue_3_quantize_schemes_pick_llama_cpp_types() {
     assert_eq!(ty("blk.0.attn_q.weight"), GgmlType::Q4_K);
     // use_more_bits(i, 8): i < 1, i >= 7, (i - 1) % 3 == 2.
     for i in 0..8 {
-        let more = i < 1 || i >= 7 || (i as i64 - 1) % 3 == 2;
+        let more = !(1..7).contains(&i) || (i as i64 - 1) % 3 == 2;
         let want = if more { GgmlType::Q6_K } else { GgmlType::Q4_K };
         assert_eq!(ty(&format!("blk.{i}.attn_v.weight")), want, "layer {i}");
         assert_eq!(ty(&format!("blk.{i}.ffn_down.weight")), want, "layer {i}");

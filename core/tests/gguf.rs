@@ -103,8 +103,7 @@ fn a_valid_file_parses_with_shapes_in_row_major_order() {
 #[test]
 fn model_info_summarises_the_file() {
     let bytes = tiny();
-    let info =
-        ModelInfo::from_gguf(&Gguf::parse(&bytes).unwrap(), bytes.len() as u64, true).unwrap();
+    let info = ModelInfo::from_bytes(&bytes, true).unwrap();
     assert_eq!(info.architecture.as_deref(), Some("qwen2"));
     assert_eq!(info.quantization.as_deref(), Some("F32"));
     assert_eq!(info.parameters, 32 + 4 + 32);

@@ -165,7 +165,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size unit {other:?}")),
     };
     let bytes = num * mult;
-    if !(bytes >= 1.0) {
+    if bytes.is_nan() || bytes < 1.0 {
         return Err(format!("{s:?} is too small"));
     }
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -363,7 +363,7 @@ impl<'a> AprFile<'a> {
         }
         let header = Header::parse(bytes)?;
         let section = |name: &'static str, offset: u64, size: u64, limit: u64| {
-            let end = offset.checked_add(size).unwrap_or(u64::MAX);
+            let end = offset.saturating_add(size);
             if offset < HEADER_LEN as u64 || end > limit {
                 Err(AprError::OutOfBounds {
                     section: name,
@@ -500,7 +500,7 @@ impl<'a> AprFile<'a> {
                     offset: absolute,
                 });
             }
-            let end = offset.checked_add(size).unwrap_or(u64::MAX);
+            let end = offset.saturating_add(size);
             if end > data_len {
                 return Err(AprError::OutOfBounds {
                     section: "tensor data",

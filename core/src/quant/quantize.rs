@@ -51,7 +51,7 @@ fn each<B, const N: usize>(src: &[f32], blocks: &mut [B], f: fn(&[f32; N], &mut 
 /// ggml's `nearest_int`: round half to even through the float adder, exact for |x| < 2^22.
 #[inline]
 fn nearest_int(x: f32) -> i32 {
-    if !(x.abs() <= 4_194_303.0) {
+    if x.is_nan() || x.abs() > 4_194_303.0 {
         // Out of the trick's range (or NaN); ggml asserts. Saturate instead.
         return if x.is_nan() {
             0
@@ -145,7 +145,7 @@ fn q8_0(x: &[f32; QK], y: &mut BlockQ8_0) {
     y.d = f32_to_f16(d);
     for (q, &v) in y.qs.iter_mut().zip(x) {
         // C's roundf: half away from zero.
-        *q = (v * id).round() as i8;
+        *q = libm::roundf(v * id) as i8;
     }
 }
 
@@ -244,7 +244,7 @@ fn q4_k(x: &[f32; QK_K], y: &mut BlockQ4K) {
     for j in 0..QK_K / 32 {
         let xs = &x[32 * j..32 * j + 32];
         let sum_x2: f32 = xs.iter().map(|v| v * v).sum();
-        let av_x = (sum_x2 / 32.0).sqrt();
+        let av_x = libm::sqrtf(sum_x2 / 32.0);
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }

@@ -524,6 +524,9 @@ fn first_failure(r: &VerifyReport) -> String {
     }
 }
 
+/// Per conversion kind: tensors, bit-exact ones, worst abs and rel error, limit, failures.
+type Row = (usize, usize, f32, f32, Option<f32>, usize);
+
 #[allow(clippy::too_many_arguments)]
 fn render(
     args: &ConvertArgs,
@@ -587,8 +590,7 @@ fn render(
         for p in &r.problems {
             let _ = writeln!(s, "  problem: {p}");
         }
-        let mut rows: BTreeMap<(GgmlType, GgmlType), (usize, usize, f32, f32, Option<f32>, usize)> =
-            BTreeMap::new();
+        let mut rows: BTreeMap<(GgmlType, GgmlType), Row> = BTreeMap::new();
         for t in &r.tensors {
             let e =
                 rows.entry((t.src_dtype, t.out_dtype))
@@ -601,8 +603,8 @@ fn render(
         }
         let _ = writeln!(
             s,
-            "  {:<16} {:>7} {:>9} {:>12} {:>12} {:>9}  {}",
-            "conversion", "tensors", "bit-exact", "max abs err", "max rel err", "limit", "result"
+            "  {:<16} {:>7} {:>9} {:>12} {:>12} {:>9}  result",
+            "conversion", "tensors", "bit-exact", "max abs err", "max rel err", "limit"
         );
         for ((a, b), (n, exact, abs, rel, limit, failed)) in rows {
             let _ = writeln!(

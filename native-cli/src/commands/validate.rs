@@ -27,7 +27,7 @@ pub(crate) fn run(args: ValidateArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     let report = validate(&model, args.strict, &mut |n| bar.inc(n), &mut |t| {
-        file.release(t.data)
+        file.release(t.data);
     });
     bar.finish_and_clear();
     let text = if args.json {

@@ -1,0 +1,9 @@
+//! Fuzzes the gguf reader through the format-independent model view.
+#![no_main]
+
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = apr_core::format::gguf::Gguf::parse(data);
+    common::exercise(data);
+});
