@@ -99,6 +99,13 @@ pub fn expected_qwen2_shapes(model: &ModelFile<'_>) -> Result<Vec<(String, Vec<u
     let m = &model.metadata;
     let need = |k: &str| m.arch_u64(k).ok_or_else(|| format!("no {k}"));
     let layers = need("block_count")?;
+    // Each layer has tensors, so a count beyond the tensors is a lie (and would be a huge table).
+    if layers > model.tensors.len() as u64 {
+        return Err(format!(
+            "block_count {layers} exceeds the {} tensors in the file",
+            model.tensors.len()
+        ));
+    }
     let hidden = need("embedding_length")?;
     let ffn = need("feed_forward_length")?;
     let heads = need("attention.head_count")?;
@@ -121,7 +128,7 @@ pub fn expected_qwen2_shapes(model: &ModelFile<'_>) -> Result<Vec<(String, Vec<u
             "{heads} heads are not a multiple of {kv_heads} KV heads"
         ));
     }
-    let kv = hidden / heads * kv_heads;
+    let kv = (hidden / heads).saturating_mul(kv_heads);
     let mut v = alloc::vec![
         ("token_embd.weight".to_string(), alloc::vec![vocab, hidden]),
         ("output_norm.weight".to_string(), alloc::vec![hidden]),

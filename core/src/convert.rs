@@ -313,16 +313,98 @@ pub fn produce(
         let out_bytes = out.bytes_for(n as u64).unwrap_or(0) as usize;
         raw.resize(in_bytes, 0);
         reader.read_exact(&mut raw).map_err(read_err)?;
-        dequantize(src.dtype, &raw, &mut values[..n])
-            .map_err(|e| Error::Invalid(format!("{}: {e}", src.stored_name)))?;
-        encoded.resize(out_bytes, 0);
-        quantize(out, &values[..n], &mut encoded)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", src.stored_name)))?;
-        w.write_all(&encoded)?;
+        parallel(src.dtype, &raw, &mut values[..n], |ty, raw, vals| {
+            dequantize(ty, raw, vals)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", src.stored_name)))
+        })?;
+        if out == GgmlType::F32 && cfg!(target_endian = "little") {
+            // F32 out is the decoded values' own bytes.
+            w.write_all(bytemuck::cast_slice(&values[..n]))?;
+        } else {
+            encoded.resize(out_bytes, 0);
+            parallel_encode(out, &values[..n], &mut encoded)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", src.stored_name)))?;
+            w.write_all(&encoded)?;
+        }
         progress(in_bytes as u64);
         done += n;
     }
     Ok(())
+}
+
+/// Splits a chunk into one piece per core, on block boundaries, and decodes the pieces at once.
+fn parallel(
+    ty: GgmlType,
+    raw: &[u8],
+    vals: &mut [f32],
+    f: impl Fn(GgmlType, &[u8], &mut [f32]) -> Result<()> + Sync,
+) -> Result<()> {
+    let pieces = pieces(ty, vals.len());
+    if pieces.len() < 2 {
+        return f(ty, raw, vals);
+    }
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        let (mut raw, mut vals) = (raw, vals);
+        for &(n, bytes) in &pieces {
+            let (r, rest_r) = raw.split_at(bytes);
+            let (v, rest_v) = vals.split_at_mut(n);
+            raw = rest_r;
+            vals = rest_v;
+            let f = &f;
+            handles.push(scope.spawn(move || f(ty, r, v)));
+        }
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::Invalid("a decoding thread panicked".into())))
+        })
+    })
+}
+
+/// Like [`parallel`], for encoding.
+fn parallel_encode(
+    ty: GgmlType,
+    vals: &[f32],
+    out: &mut [u8],
+) -> Result<(), crate::quant::QuantError> {
+    let pieces = pieces(ty, vals.len());
+    if pieces.len() < 2 {
+        return quantize(ty, vals, out);
+    }
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        let (mut vals, mut out) = (vals, out);
+        for &(n, bytes) in &pieces {
+            let (v, rest_v) = vals.split_at(n);
+            let (o, rest_o) = out.split_at_mut(bytes);
+            vals = rest_v;
+            out = rest_o;
+            handles.push(scope.spawn(move || quantize(ty, v, o)));
+        }
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or(Err(crate::quant::QuantError::Unsupported {
+                    ty,
+                    op: "quantization",
+                }))
+        })
+    })
+}
+
+/// (values, bytes) per piece: whole blocks, one piece per available core, none for small chunks.
+fn pieces(ty: GgmlType, n: usize) -> Vec<(usize, usize)> {
+    let block = ty.block_size() as usize;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get().min(8));
+    if threads < 2 || n < 1 << 16 || block == 0 || !n.is_multiple_of(block) {
+        return vec![(n, ty.bytes_for(n as u64).unwrap_or(0) as usize)];
+    }
+    let blocks = n / block;
+    let per = blocks.div_ceil(threads);
+    (0..threads)
+        .map(|i| blocks.saturating_sub(i * per).min(per))
+        .filter(|&b| b > 0)
+        .map(|b| (b * block, b * ty.block_bytes() as usize))
+        .collect()
 }
 
 /// Writes every planned tensor, in plan order, into `sink`. `done` is called with each source

@@ -120,7 +120,9 @@ impl ModelInfo {
     pub fn from_model(model: &ModelFile<'_>, with_tensors: bool) -> Self {
         let meta = &model.metadata;
         let tensors = &model.tensors;
-        let parameters = tensors.iter().map(|t| t.elements()).sum();
+        let parameters = tensors
+            .iter()
+            .fold(0u64, |a, t| a.saturating_add(t.elements()));
         let embedding = model.tensor("token_embd.weight");
         let lm_head = match model.tensor("output.weight") {
             Some(t) => LmHead {
@@ -150,8 +152,8 @@ impl ModelInfo {
                 bytes: 0,
             });
             entry.count += 1;
-            entry.parameters += t.elements();
-            entry.bytes += t.data.len() as u64;
+            entry.parameters = entry.parameters.saturating_add(t.elements());
+            entry.bytes = entry.bytes.saturating_add(t.data.len() as u64);
         }
         let mut dtypes: Vec<DtypeCount> = by_type.into_values().collect();
         dtypes.sort_by(|a, b| b.count.cmp(&a.count).then(a.dtype.cmp(&b.dtype)));

@@ -142,17 +142,17 @@ fn stats(t: &Tensor<'_>, progress: &mut dyn FnMut(u64)) -> TensorStats {
             return s;
         }
     };
-    let row = t.row_len().max(1) as usize;
+    let row = t.row_len().max(1);
     let is_embedding = t.name == "token_embd.weight";
     let (mut zero_rows, mut row_norms) = (0u64, Vec::new());
+    // Row norms accumulate across chunk boundaries, so chunks need not hold whole rows.
+    let (mut row_sum, mut row_pos) = (0f64, 0u64);
     let (mut sum, mut sum2, mut n) = (0f64, 0f64, 0u64);
     let total = t.elements();
     let mut done = 0u64;
     let (mut raw, mut vals) = (Vec::new(), Vec::new());
-    // Chunks hold whole rows so that per-row checks see complete rows.
-    let chunk = (CHUNK / row as u64).max(1) * row as u64;
     while done < total {
-        let k = chunk.min(total - done);
+        let k = CHUNK.min(total - done);
         raw.resize(t.dtype.bytes_for(k).unwrap_or(0) as usize, 0);
         if let Err(e) = reader.read_exact(&mut raw) {
             fail(&mut s, format!("does not decode: {e}"));
@@ -176,18 +176,17 @@ fn stats(t: &Tensor<'_>, progress: &mut dyn FnMut(u64)) -> TensorStats {
                 sum2 += f64::from(v) * f64::from(v);
                 n += 1;
             }
-        }
-        if is_embedding {
-            for r in vals.chunks(row) {
-                let norm = r
-                    .iter()
-                    .map(|v| f64::from(*v) * f64::from(*v))
-                    .sum::<f64>()
-                    .sqrt();
-                if norm == 0.0 {
-                    zero_rows += 1;
+            if is_embedding {
+                row_sum += f64::from(v) * f64::from(v);
+                row_pos += 1;
+                if row_pos == row {
+                    let norm = row_sum.sqrt();
+                    if norm == 0.0 {
+                        zero_rows += 1;
+                    }
+                    row_norms.push(norm);
+                    (row_sum, row_pos) = (0.0, 0);
                 }
-                row_norms.push(norm);
             }
         }
         done += k;

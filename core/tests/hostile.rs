@@ -131,8 +131,15 @@ fn issue_3_fuzz_regressions_do_not_panic() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "bin") {
             let bytes = std::fs::read(&path).unwrap();
-            let _ = std::panic::catch_unwind(|| load(&bytes))
-                .unwrap_or_else(|_| panic!("{} panicked", path.display()));
+            // What the fuzz targets do with every input.
+            std::panic::catch_unwind(|| {
+                let _ = load(&bytes);
+                if let Ok(model) = ModelFile::parse(&bytes) {
+                    let _ = apr_core::info::ModelInfo::from_model(&model, true);
+                }
+                let _ = apr_core::check::check(&bytes, &|_| {});
+            })
+            .unwrap_or_else(|_| panic!("{} panicked", path.display()));
             n += 1;
         }
     }

@@ -36,7 +36,8 @@ pub struct Tensor<'a> {
 impl<'a> Tensor<'a> {
     /// Number of values.
     pub fn elements(&self) -> u64 {
-        self.shape.iter().product()
+        // Checked when the file was read; saturating keeps a hostile shape from wrapping.
+        self.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d))
     }
 
     /// Size of the decoded bytes.

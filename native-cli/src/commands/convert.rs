@@ -112,7 +112,10 @@ pub(crate) fn run(args: ConvertArgs) -> Result<()> {
     };
     let plan = convert::plan(&model, &opts)?;
     let meta = convert::output_metadata(&model, &plan, &opts);
-    let total: u64 = model.tensors.iter().map(|t| t.raw_size()).sum();
+    let total = model
+        .tensors
+        .iter()
+        .fold(0u64, |a, t| a.saturating_add(t.raw_size()));
     let show = !args.json && std::io::stderr().is_terminal();
     let bar = progress_bar(show, total, "converting");
     let started = Instant::now();
@@ -268,7 +271,8 @@ fn progress_bar(show: bool, total: u64, what: &str) -> ProgressBar {
 }
 
 fn total_out(plan: &[Planned]) -> u64 {
-    plan.iter().map(|p| p.out.size().unwrap_or(0)).sum()
+    plan.iter()
+        .fold(0u64, |a, p| a.saturating_add(p.out.size().unwrap_or(0)))
 }
 
 fn write(

@@ -14,7 +14,10 @@ pub(crate) fn run(args: ValidateArgs) -> Result<()> {
     let path = &args.file;
     let file = MappedFile::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let model = file.model().with_context(|| path.display().to_string())?;
-    let total: u64 = model.tensors.iter().map(|t| t.raw_size()).sum();
+    let total = model
+        .tensors
+        .iter()
+        .fold(0u64, |a, t| a.saturating_add(t.raw_size()));
     let bar = if !args.json && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(total);
         if let Ok(style) =
