@@ -108,6 +108,51 @@ class DequantizeMatchesGgufPy(unittest.TestCase):
                   ", ".join(f"{k} {v:.3g}" for k, v in sorted(worst.items())), file=sys.stderr)
 
 
+class DequantizeRandomBlocks(unittest.TestCase):
+    """Every type apr decodes, on random blocks (the real model has only five of them)."""
+
+    TYPES = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
+             Q.F16, Q.BF16]
+
+    def test_issue_3_random_blocks_of_every_type_dequantize_like_gguf_py(self):
+        rng = np.random.default_rng(33)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "blocks.gguf"
+            w = gguf.GGUFWriter(src, "qwen2")
+            expected = {}
+            for qtype in self.TYPES:
+                block, size = gguf.GGML_QUANT_SIZES[qtype]
+                rows, cols = 4, 512
+                raw = rng.integers(0, 256, size=(rows, cols // block * size), dtype=np.uint8)
+                if qtype not in (Q.F16, Q.BF16):
+                    # Keep the f16 scales finite and modest: random bits would make NaN and Inf.
+                    blocks = raw.reshape(-1, size)
+                    for offset in scale_offsets(qtype, size):
+                        scale = rng.uniform(-0.01, 0.01, size=blocks.shape[0]).astype(np.float16)
+                        blocks[:, offset:offset + 2] = scale.view(np.uint8).reshape(-1, 2)
+                else:
+                    values = rng.standard_normal((rows, cols)).astype(np.float32)
+                    raw = gguf.quants.quantize(values, qtype).view(np.uint8).reshape(rows, -1)
+                name = f"t.{qtype.name}"
+                w.add_tensor(name, raw, raw_dtype=qtype)
+                expected[name] = gguf.quants.dequantize(raw, qtype).reshape(rows, cols).astype(np.float32)
+            w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+            out = Path(tmp) / "f32.safetensors"
+            apr("convert", src, out, "--dtype", "f32")
+            ours = read_safetensors(out)
+            for name, ref in expected.items():
+                self.assertTrue(np.array_equal(ours[name].view(np.uint32), ref.view(np.uint32))
+                                or float(np.max(np.abs(ours[name] - ref))) <= float(np.max(np.abs(ref))) * 2.0 ** -22,
+                                f"{name}: max diff {np.max(np.abs(ours[name] - ref))}")
+
+
+def scale_offsets(qtype, size):
+    """Byte offsets of the f16 scale fields in one block."""
+    return {Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q5_0: [0], Q.Q5_1: [0, 2], Q.Q8_0: [0],
+            Q.Q2_K: [size - 4, size - 2], Q.Q3_K: [size - 2], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2],
+            Q.Q6_K: [size - 2]}[qtype]
+
+
 def hf_to_gguf(name):
     table = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}

@@ -271,3 +271,118 @@ proptest! {
         }
     }
 }
+
+/// A file as the original `apr` tool writes it: the same header, its flat metadata keys, HF
+/// tensor names, F32/F16/BF16/Q4_K/Q6_K data, and no footer CRC.
+#[test]
+fn issue_3_reads_apr_files_from_the_original_tool() {
+    use apr_core::format::apr::{FLAG_QUANTIZED, FLAG_ROW_MAJOR, HEADER_LEN, Header, IndexEntry};
+    let meta = serde_json::json!({
+        "model_type": "qwen2",
+        "architecture": "qwen2",
+        "name": "legacy",
+        "hidden_size": 256,
+        "num_layers": 1,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "vocab_size": 4,
+        "intermediate_size": 512,
+        "max_position_embeddings": 128,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "chat_template": "{{ messages }}",
+        "vocab": ["a", "b", "c", "ab"],
+        "merges": ["a b"],
+    });
+    let mut rng = synth::Rng::new(5);
+    let tensors: Vec<(&str, GgmlType, Vec<u64>)> = vec![
+        ("model.embed_tokens.weight", GgmlType::F16, vec![4, 256]),
+        ("model.norm.weight", GgmlType::F32, vec![256]),
+        (
+            "model.layers.0.mlp.up_proj.weight",
+            GgmlType::Q4_K,
+            vec![2, 256],
+        ),
+        (
+            "model.layers.0.mlp.down_proj.weight",
+            GgmlType::Q6_K,
+            vec![2, 256],
+        ),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            GgmlType::BF16,
+            vec![2, 256],
+        ),
+    ];
+    let mut meta_bytes = serde_json::to_vec(&meta).unwrap();
+    meta_bytes.resize(meta_bytes.len().div_ceil(64) * 64, 0);
+    let mut data = Vec::new();
+    let mut entries = Vec::new();
+    let mut values_of = Vec::new();
+    for (name, ty, shape) in &tensors {
+        let n: u64 = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        let mut bytes = vec![0u8; ty.bytes_for(n).unwrap() as usize];
+        apr_core::quant::quantize(*ty, &values, &mut bytes).unwrap();
+        data.resize(data.len().div_ceil(64) * 64, 0);
+        entries.push(IndexEntry {
+            name: name.to_string(),
+            dtype: *ty,
+            shape: shape.clone(),
+            offset: data.len() as u64,
+            size: bytes.len() as u64,
+        });
+        data.extend_from_slice(&bytes);
+        values_of.push(bytes);
+    }
+    let mut index = Vec::new();
+    for e in &entries {
+        e.encode(&mut index);
+    }
+    index.resize(index.len().div_ceil(64) * 64, 0);
+    let header = Header {
+        version: (2, 0),
+        flags: FLAG_ROW_MAJOR | FLAG_QUANTIZED,
+        tensor_count: entries.len() as u32,
+        metadata_offset: HEADER_LEN as u64,
+        metadata_size: meta_bytes.len() as u32,
+        index_offset: (HEADER_LEN + meta_bytes.len()) as u64,
+        data_offset: (HEADER_LEN + meta_bytes.len() + index.len()) as u64,
+    };
+    let mut file = header.to_bytes().to_vec();
+    file.extend_from_slice(&meta_bytes);
+    file.extend_from_slice(&index);
+    file.extend_from_slice(&data);
+
+    let model = ModelFile::parse(&file).unwrap();
+    let apr = model.apr.as_ref().unwrap();
+    assert!(apr.legacy && !apr.footer_verified);
+    assert_eq!(model.metadata.architecture(), Some("qwen2"));
+    assert_eq!(model.metadata.arch_u64("embedding_length"), Some(256));
+    assert_eq!(model.metadata.arch_f32("rope.freq_base"), Some(1e6));
+    assert_eq!(model.metadata.vocab_size(), Some(4));
+    assert_eq!(
+        model.metadata.get_str("tokenizer.chat_template"),
+        Some("{{ messages }}")
+    );
+    for ((name, ty, shape), bytes) in tensors.iter().zip(&values_of) {
+        let t = model
+            .tensors
+            .iter()
+            .find(|t| t.stored_name == *name)
+            .unwrap();
+        assert_eq!((t.dtype, &t.shape), (*ty, shape));
+        assert_eq!(&*t.decode().unwrap(), bytes.as_slice());
+    }
+    assert!(
+        model.tensor("blk.0.ffn_up.weight").is_some(),
+        "HF names map to GGUF names"
+    );
+    // And it converts, quant blocks intact.
+    let gguf = convert(&file, Format::Gguf, None, None, Compression::None);
+    let back = ModelFile::parse(&gguf).unwrap();
+    assert_eq!(
+        back.tensor("blk.0.ffn_down.weight").unwrap().dtype,
+        GgmlType::Q6_K
+    );
+}
