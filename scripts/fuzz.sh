@@ -51,7 +51,11 @@ for target in gguf safetensors apr; do
     fi
     for crash in fuzz/artifacts/"$target"/*; do
         [[ -f "$crash" ]] || continue
-        if cmp -s "$crash" core/tests/corpus/*.bin 2>/dev/null; then continue; fi
+        known=false
+        for kept in core/tests/corpus/*.bin; do
+            cmp -s "$crash" "$kept" && known=true
+        done
+        $known && continue
         dest="core/tests/corpus/fuzz-$target-$(basename "$crash").bin"
         cp "$crash" "$dest"
         printf '\033[1mfuzz:\033[0m %s crashed; kept as %s (replayed by cargo test)\n' "$target" "$dest" >&2
