@@ -34,6 +34,9 @@ static CANCELLED: AtomicBool = AtomicBool::new(false);
 /// Zstd level for --target wasm, and with --optimize-size.
 const ZSTD_LEVEL: i32 = 9;
 const ZSTD_LEVEL_MAX: i32 = 19;
+/// Small enough that the converter's multi-megabyte chunks bypass it (no extra copy), large
+/// enough to gather headers, padding and small tensors into few writes.
+const WRITE_BUFFER: usize = 256 << 10;
 /// transformers' default shard size.
 const DEFAULT_SHARD: u64 = 5_000_000_000;
 
@@ -130,7 +133,7 @@ pub(crate) fn run(args: ConvertArgs) -> Result<()> {
             let tmp = atomic::temp_beside(&args.output)?;
             let outs: Vec<OutTensor> = plan.iter().map(|p| p.out.clone()).collect();
             {
-                let file = BufWriter::with_capacity(8 << 20, tmp.as_file());
+                let file = BufWriter::with_capacity(WRITE_BUFFER, tmp.as_file());
                 let mut sink: Box<dyn TensorSink + '_> = match format {
                     Format::Gguf => {
                         let align = if model.format == Format::Gguf {
@@ -340,7 +343,7 @@ fn write_folder(
         let tmp = atomic::temp_beside(&path)?;
         {
             let outs: Vec<OutTensor> = shard.iter().map(|p| p.out.clone()).collect();
-            let file = BufWriter::with_capacity(8 << 20, tmp.as_file());
+            let file = BufWriter::with_capacity(WRITE_BUFFER, tmp.as_file());
             let mut sink = SafetensorsWriter::new(file, st_meta.clone(), &outs)?;
             let owned: Vec<Planned> = shard.iter().map(|p| (*p).clone()).collect();
             write(input, model, &owned, &mut sink, bar)?;
