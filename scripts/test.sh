@@ -38,7 +38,7 @@ step "fuzz every reader for a bounded time"
 scripts/fuzz.sh "${APR_FUZZ_SECONDS:-20}"
 
 step "unit and integration tests, with those that need the real model"
-cargo test --workspace --locked -- --include-ignored 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast -- --include-ignored 2>&1 | tee "$log"
 # One closing line for the whole suite, summed over every Rust test binary and the Python tests.
 py=$(awk '/^Ran [0-9]+ tests? in/ { n += $2 } END { print n + 0 }' "$pylog")
 awk -v py="$py" '/^test result:/ { p += $4; f += $6; i += $8 }
