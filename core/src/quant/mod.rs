@@ -142,3 +142,95 @@ pub fn f32_to_bf16(x: f32) -> [u8; 2] {
     #[allow(clippy::cast_possible_truncation)]
     (h as u16).to_le_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeded(n: usize, seed: u64) -> alloc::vec::Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn q4_0_low_nibbles_hold_the_first_half() {
+        // d = 1.0; byte j holds value j of the block in its low nibble, value j + 16 in its high.
+        let mut block = [0u8; 18];
+        block[..2].copy_from_slice(&f32_to_f16(1.0));
+        for j in 0..16 {
+            block[2 + j] = ((15 - j as u8) << 4) | j as u8;
+        }
+        let mut out = [0f32; 32];
+        dequantize(GgmlType::Q4_0, &block, &mut out).unwrap();
+        for j in 0..16 {
+            assert_eq!(out[j], j as f32 - 8.0);
+            assert_eq!(out[j + 16], 15.0 - j as f32 - 8.0);
+        }
+    }
+
+    #[test]
+    fn every_quantizer_round_trips_within_its_bound() {
+        let x = seeded(4096, 42);
+        let max = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (ty, bound) in [
+            (GgmlType::F32, 0.0),
+            (GgmlType::F16, 1e-3),
+            (GgmlType::BF16, 8e-3),
+            (GgmlType::Q8_0, 1e-2),
+            (GgmlType::Q6_K, 4e-2),
+            (GgmlType::Q5_0, 7e-2),
+            (GgmlType::Q5_1, 7e-2),
+            (GgmlType::Q4_0, 1.3e-1),
+            (GgmlType::Q4_1, 1.3e-1),
+            (GgmlType::Q4_K, 1.5e-1),
+        ] {
+            let mut bytes = alloc::vec![0u8; ty.bytes_for(x.len() as u64).unwrap() as usize];
+            quantize(ty, &x, &mut bytes).unwrap();
+            let mut y = alloc::vec![0f32; x.len()];
+            dequantize(ty, &bytes, &mut y).unwrap();
+            let err = x
+                .iter()
+                .zip(&y)
+                .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+            assert!(err <= bound * max, "{ty}: max error {err}");
+            // Quantizing the dequantized values again changes nothing: the kernels agree.
+            let mut again = alloc::vec![0u8; bytes.len()];
+            quantize(ty, &y, &mut again).unwrap();
+            if matches!(
+                ty,
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+            ) {
+                assert_eq!(again, bytes, "{ty} is idempotent");
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_and_types_are_checked() {
+        let mut out = [0f32; 31];
+        assert!(matches!(
+            dequantize(GgmlType::Q8_0, &[0; 34], &mut out),
+            Err(QuantError::PartialBlock { .. })
+        ));
+        let mut out = [0f32; 32];
+        assert!(matches!(
+            dequantize(GgmlType::Q8_0, &[0; 33], &mut out),
+            Err(QuantError::SizeMismatch { .. })
+        ));
+        assert!(matches!(
+            quantize(GgmlType::Q2_K, &[0.0; 256], &mut [0; 84]),
+            Err(QuantError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            dequantize(GgmlType::IQ2_XXS, &[0; 66], &mut [0.0; 256]),
+            Err(QuantError::Unsupported { .. })
+        ));
+    }
+}
