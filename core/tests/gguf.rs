@@ -2,11 +2,10 @@
 //! with an error that names the byte offset or the tensor, without a panic and without an
 //! allocation larger than the file.
 
+#[path = "common/alloc_track.rs"]
+mod alloc_track;
 #[path = "common/gguf_bytes.rs"]
 mod gguf_bytes;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 
 use apr_core::dtype::GgmlType;
 use apr_core::format::gguf::{Gguf, GgufError, Limits, Value, ValueType};
@@ -14,41 +13,13 @@ use apr_core::info::ModelInfo;
 use gguf_bytes::{Bytes, tiny, vt};
 use proptest::prelude::*;
 
-/// Records the largest single allocation made by the current thread.
-struct Tracking;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the bookkeeping touches only a const-initialised
-// thread-local `Cell`, which never allocates.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.with(|l| l.set(l.get().max(layout.size())));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.with(|l| l.set(l.get().max(new_size)));
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Tracking = Tracking;
+static ALLOCATOR: alloc_track::Tracking = alloc_track::Tracking;
 
 /// Parses `bytes` and returns the error, checking that no single allocation exceeded the file
 /// (or 1 KiB for tiny files: a handful of parsed entries costs a few hundred bytes of bookkeeping).
 fn reject(bytes: &[u8]) -> GgufError {
-    LARGEST.with(|l| l.set(0));
-    let result = Gguf::parse(bytes);
-    let largest = LARGEST.with(Cell::get);
+    let (result, largest) = alloc_track::largest_allocation(|| Gguf::parse(bytes));
     let err = result.expect_err("a hostile file must be rejected");
     assert!(
         largest <= bytes.len().max(1024),

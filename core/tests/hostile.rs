@@ -2,42 +2,17 @@
 //! without a panic and without an allocation larger than the file. Tensor payloads that only
 //! fail when decoded (compressed frames) are caught by `Tensor::decode`.
 
+#[path = "common/alloc_track.rs"]
+mod alloc_track;
 #[path = "common/hostile.rs"]
 mod hostile;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
 
 use apr_core::format::model::ModelFile;
 
-struct Tracking;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the bookkeeping touches only a const-initialised
-// thread-local `Cell`, which never allocates.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.with(|l| l.set(l.get().max(layout.size())));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.with(|l| l.set(l.get().max(new_size)));
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Tracking = Tracking;
+static ALLOCATOR: alloc_track::Tracking = alloc_track::Tracking;
 
 /// Parses and decodes everything; returns the first error.
 fn load(bytes: &[u8]) -> Result<(), String> {
@@ -49,9 +24,8 @@ fn load(bytes: &[u8]) -> Result<(), String> {
 }
 
 fn reject(name: &str, bytes: &[u8]) -> String {
-    LARGEST.with(|l| l.set(0));
-    let result = std::panic::catch_unwind(|| load(bytes));
-    let largest = LARGEST.with(Cell::get);
+    let (result, largest) =
+        alloc_track::largest_allocation(|| std::panic::catch_unwind(|| load(bytes)));
     let err = match result {
         Ok(Err(e)) => e,
         Ok(Ok(())) => panic!("{name}: a hostile file was accepted"),
