@@ -57,7 +57,12 @@ fi
 hf_venv="${APR_HF_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/apr/hf-venv}"
 if $want_tests && ! "$hf_venv/bin/python" -c 'import torch, transformers, tokenizers' 2>/dev/null; then
     say "creating $hf_venv with torch, transformers and tokenizers (a few minutes, once)"
-    python3 -m venv "$hf_venv"
+    if ! python3 -m venv "$hf_venv" 2>/dev/null; then
+        # Debian's own Python keeps venv in a separate package.
+        rm -rf "$hf_venv"
+        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$hf_venv"
+    fi
     "$hf_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         torch transformers tokenizers safetensors
 fi
