@@ -209,16 +209,7 @@ pub fn check(bytes: &[u8], release: &dyn Fn(&[u8])) -> CheckReport {
     match &arch {
         None => missing.push("general.architecture".to_string()),
         Some(a) => {
-            for k in [
-                "block_count",
-                "context_length",
-                "embedding_length",
-                "feed_forward_length",
-                "attention.head_count",
-                "attention.head_count_kv",
-                "rope.freq_base",
-                "attention.layer_norm_rms_epsilon",
-            ] {
+            for k in crate::meta::HYPERPARAMETERS {
                 if meta.arch(k).is_none() {
                     missing.push(format!("{a}.{k}"));
                 }

@@ -313,17 +313,25 @@ pub fn produce(
         let out_bytes = out.bytes_for(n as u64).unwrap_or(0) as usize;
         raw.resize(in_bytes, 0);
         reader.read_exact(&mut raw).map_err(read_err)?;
-        parallel(src.dtype, &raw, &mut values[..n], |ty, raw, vals| {
-            dequantize(ty, raw, vals)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", src.stored_name)))
+        // `pieces` counts (values, bytes); decoding reads bytes and writes values.
+        let parts: Vec<(usize, usize)> =
+            pieces(src.dtype, n).iter().map(|&(v, b)| (b, v)).collect();
+        let what =
+            |e: crate::quant::QuantError| Error::Invalid(format!("{}: {e}", src.stored_name));
+        in_pieces(&parts, &raw, &mut values[..n], |raw, vals| {
+            dequantize(src.dtype, raw, vals).map_err(what)
         })?;
         if out == GgmlType::F32 && cfg!(target_endian = "little") {
             // F32 out is the decoded values' own bytes.
             w.write_all(bytemuck::cast_slice(&values[..n]))?;
         } else {
             encoded.resize(out_bytes, 0);
-            parallel_encode(out, &values[..n], &mut encoded)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", src.stored_name)))?;
+            in_pieces(
+                &pieces(out, n),
+                &values[..n],
+                &mut encoded,
+                |vals, bytes| quantize(out, vals, bytes).map_err(what),
+            )?;
             w.write_all(&encoded)?;
         }
         progress(in_bytes as u64);
@@ -332,61 +340,30 @@ pub fn produce(
     Ok(())
 }
 
-/// Splits a chunk into one piece per core, on block boundaries, and decodes the pieces at once.
-fn parallel(
-    ty: GgmlType,
-    raw: &[u8],
-    vals: &mut [f32],
-    f: impl Fn(GgmlType, &[u8], &mut [f32]) -> Result<()> + Sync,
+/// Runs `f` on matching pieces of `input` and `output` at once, one piece per core (see
+/// [`pieces`]); `parts` gives each piece's (input length, output length).
+fn in_pieces<A: Sync, B: Send>(
+    parts: &[(usize, usize)],
+    input: &[A],
+    output: &mut [B],
+    f: impl Fn(&[A], &mut [B]) -> Result<()> + Sync,
 ) -> Result<()> {
-    let pieces = pieces(ty, vals.len());
-    if pieces.len() < 2 {
-        return f(ty, raw, vals);
+    if parts.len() < 2 {
+        return f(input, output);
     }
     std::thread::scope(|scope| {
-        let mut handles = Vec::new();
-        let (mut raw, mut vals) = (raw, vals);
-        for &(n, bytes) in &pieces {
-            let (r, rest_r) = raw.split_at(bytes);
-            let (v, rest_v) = vals.split_at_mut(n);
-            raw = rest_r;
-            vals = rest_v;
+        let (mut input, mut output) = (input, output);
+        let mut handles = Vec::with_capacity(parts.len());
+        for &(a, b) in parts {
+            let (i, rest_i) = input.split_at(a);
+            let (o, rest_o) = output.split_at_mut(b);
+            (input, output) = (rest_i, rest_o);
             let f = &f;
-            handles.push(scope.spawn(move || f(ty, r, v)));
+            handles.push(scope.spawn(move || f(i, o)));
         }
         handles.into_iter().try_for_each(|h| {
             h.join()
-                .unwrap_or_else(|_| Err(Error::Invalid("a decoding thread panicked".into())))
-        })
-    })
-}
-
-/// Like [`parallel`], for encoding.
-fn parallel_encode(
-    ty: GgmlType,
-    vals: &[f32],
-    out: &mut [u8],
-) -> Result<(), crate::quant::QuantError> {
-    let pieces = pieces(ty, vals.len());
-    if pieces.len() < 2 {
-        return quantize(ty, vals, out);
-    }
-    std::thread::scope(|scope| {
-        let mut handles = Vec::new();
-        let (mut vals, mut out) = (vals, out);
-        for &(n, bytes) in &pieces {
-            let (v, rest_v) = vals.split_at(n);
-            let (o, rest_o) = out.split_at_mut(bytes);
-            vals = rest_v;
-            out = rest_o;
-            handles.push(scope.spawn(move || quantize(ty, v, o)));
-        }
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or(Err(crate::quant::QuantError::Unsupported {
-                    ty,
-                    op: "quantization",
-                }))
+                .unwrap_or_else(|_| Err(Error::Invalid("a conversion thread panicked".into())))
         })
     })
 }
@@ -434,14 +411,6 @@ pub fn apr_metadata_json(
 ) -> serde_json::Value {
     use serde_json::json;
     let arch = meta.architecture();
-    let token = |key: &str| -> Option<String> {
-        let id = meta.get_u64(key)? as usize;
-        meta.get("tokenizer.ggml.tokens")?
-            .as_array()?
-            .get(id)?
-            .as_str()
-            .map(str::to_string)
-    };
     let has = |text: &str| {
         meta.get("tokenizer.ggml.tokens")
             .and_then(MetaValue::as_array)
@@ -464,9 +433,9 @@ pub fn apr_metadata_json(
         "rms_norm_eps": meta.arch_f32("attention.layer_norm_rms_epsilon").map(crate::meta::f32_json),
         "chat_template": meta.get_str("tokenizer.chat_template"),
         "special_tokens": {
-            "bos_token": token("tokenizer.ggml.bos_token_id"),
-            "eos_token": token("tokenizer.ggml.eos_token_id"),
-            "pad_token": token("tokenizer.ggml.padding_token_id"),
+            "bos_token": meta.token_text("tokenizer.ggml.bos_token_id"),
+            "eos_token": meta.token_text("tokenizer.ggml.eos_token_id"),
+            "pad_token": meta.token_text("tokenizer.ggml.padding_token_id"),
             "im_start_token": has("<|im_start|>").then_some("<|im_start|>"),
             "im_end_token": has("<|im_end|>").then_some("<|im_end|>"),
         },

@@ -72,13 +72,6 @@ fn strings<'m>(meta: &'m Metadata, key: &str) -> Result<Vec<&'m str>, String> {
         .collect()
 }
 
-/// The token text of `id`.
-fn token(meta: &Metadata, key: &str) -> Option<String> {
-    let id = meta.get_u64(key)? as usize;
-    let tokens = meta.get("tokenizer.ggml.tokens")?.as_array()?;
-    tokens.get(id)?.as_str().map(str::to_string)
-}
-
 /// `tokenizer.json` for the `tokenizers` library.
 pub fn tokenizer_json(meta: &Metadata) -> Result<Json, String> {
     match meta.get_str("tokenizer.ggml.model") {
@@ -171,9 +164,9 @@ pub fn tokenizer_config_json(meta: &Metadata) -> Json {
     json!({
         "tokenizer_class": "Qwen2Tokenizer",
         "add_bos_token": add_bos,
-        "bos_token": if add_bos { token(meta, "tokenizer.ggml.bos_token_id") } else { None },
-        "eos_token": token(meta, "tokenizer.ggml.eos_token_id"),
-        "pad_token": token(meta, "tokenizer.ggml.padding_token_id"),
+        "bos_token": if add_bos { meta.token_text("tokenizer.ggml.bos_token_id") } else { None },
+        "eos_token": meta.token_text("tokenizer.ggml.eos_token_id"),
+        "pad_token": meta.token_text("tokenizer.ggml.padding_token_id"),
         "unk_token": null,
         "chat_template": meta.get_str("tokenizer.chat_template"),
         "model_max_length": meta.arch_u64("context_length"),

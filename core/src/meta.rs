@@ -270,6 +270,19 @@ impl ValueType {
     }
 }
 
+/// The architecture-scoped keys (`{arch}.KEY`) a runnable model needs, and that a conversion must
+/// carry over unchanged.
+pub const HYPERPARAMETERS: [&str; 8] = [
+    "block_count",
+    "context_length",
+    "embedding_length",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "rope.freq_base",
+    "attention.layer_norm_rms_epsilon",
+];
+
 /// Ordered key/value metadata.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metadata {
@@ -341,6 +354,15 @@ impl Metadata {
     #[allow(clippy::cast_possible_truncation)]
     pub fn get_f32(&self, key: &str) -> Option<f32> {
         self.get(key).and_then(MetaValue::as_f64).map(|v| v as f32)
+    }
+
+    /// The text of the token whose id `key` holds (`tokenizer.ggml.eos_token_id` -> `<|im_end|>`).
+    pub fn token_text(&self, key: &str) -> Option<&str> {
+        let id = usize::try_from(self.get_u64(key)?).ok()?;
+        self.get("tokenizer.ggml.tokens")?
+            .as_array()?
+            .get(id)?
+            .as_str()
     }
 
     /// `general.architecture`.

@@ -66,7 +66,7 @@ pub struct VerifyReport {
     pub pass: bool,
 }
 
-/// Metadata keys (architecture-relative after the first two) that must survive a conversion.
+/// Metadata keys that must survive a conversion, besides the hyperparameters.
 const KEYS: &[&str] = &[
     "general.architecture",
     "tokenizer.ggml.model",
@@ -74,16 +74,6 @@ const KEYS: &[&str] = &[
     "tokenizer.chat_template",
     "tokenizer.ggml.eos_token_id",
     "tokenizer.ggml.bos_token_id",
-];
-const ARCH_KEYS: &[&str] = &[
-    "block_count",
-    "context_length",
-    "embedding_length",
-    "feed_forward_length",
-    "attention.head_count",
-    "attention.head_count_kv",
-    "rope.freq_base",
-    "attention.layer_norm_rms_epsilon",
 ];
 
 /// Compares `out` with `src`.
@@ -104,7 +94,11 @@ pub fn verify<'a, 'b>(
     }
     let mut keys: Vec<String> = KEYS.iter().map(|k| (*k).to_string()).collect();
     if let Some(arch) = src.metadata.architecture() {
-        keys.extend(ARCH_KEYS.iter().map(|k| format!("{arch}.{k}")));
+        keys.extend(
+            crate::meta::HYPERPARAMETERS
+                .iter()
+                .map(|k| format!("{arch}.{k}")),
+        );
     }
     for key in keys {
         let (a, b) = (src.metadata.get(&key), out.metadata.get(&key));

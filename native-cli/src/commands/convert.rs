@@ -622,7 +622,7 @@ fn render(
                 exact,
                 abs,
                 rel,
-                limit.map_or_else(|| "exact".to_string(), |l| format!("{l:.0e}")),
+                limit.map_or_else(|| "exact".to_string(), |l| format!("{l}")),
                 if failed == 0 {
                     "PASS".to_string()
                 } else {
