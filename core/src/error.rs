@@ -25,6 +25,16 @@ pub enum Error {
     /// A request or a file that makes no sense (the message says why).
     #[error("{0}")]
     Invalid(String),
+    /// A sequence longer than the KV cache.
+    #[error(
+        "the context is full: {need} positions are needed but the context holds {ctx} (raise --ctx-size, or allow truncation)"
+    )]
+    ContextFull {
+        /// Positions needed.
+        need: usize,
+        /// Positions the cache holds.
+        ctx: usize,
+    },
     /// The caller cancelled the operation.
     #[error("cancelled")]
     Cancelled,

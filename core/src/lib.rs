@@ -14,7 +14,10 @@
 
 extern crate alloc;
 
+pub mod backend;
 pub mod check;
+#[cfg(feature = "tokenizer")]
+pub mod chat_template;
 #[cfg(feature = "std")]
 pub mod convert;
 pub mod dtype;
@@ -22,13 +25,19 @@ pub mod error;
 #[cfg(feature = "std")]
 pub mod file;
 pub mod format;
+#[cfg(feature = "tokenizer")]
+pub mod generate;
 pub mod hf;
 pub mod info;
 pub mod meta;
+pub mod model;
 pub mod names;
 pub mod quant;
+pub mod sample;
 #[cfg(feature = "std")]
 pub mod synth;
+#[cfg(feature = "tokenizer")]
+pub mod tokenizer;
 #[cfg(feature = "std")]
 pub mod validate;
 #[cfg(feature = "std")]

@@ -35,6 +35,196 @@ pub(crate) enum Command {
     /// Decode every tensor and check its values: no NaN or Inf, shapes match the config,
     /// plausible norms and embeddings. Prints a per-tensor report.
     Validate(ValidateArgs),
+    /// Generate text from a prompt (or one prompt per line of --prompts-file or stdin).
+    ///
+    /// Text streams to stdout as it is generated; timings go to stderr. Special tokens written
+    /// in the prompt (<|im_start|>, ...) are parsed as such unless --no-special.
+    Run(RunArgs),
+    /// Chat with a model, turn by turn, through its own chat template.
+    ///
+    /// Commands: /clear forgets the conversation, /system TEXT sets the system prompt, /exit
+    /// ends. Ctrl-C stops the current answer. When stdin is not a terminal, each line is a turn.
+    Chat(ChatArgs),
+    /// Run one forward pass over a prompt and write what happened inside to a JSON file:
+    /// prompt tokens, the first token's top candidates, per-layer hidden-state statistics and
+    /// per-op timings.
+    Trace(TraceArgs),
+    /// Print the token ids of a text.
+    Tokenize(TokenizeArgs),
+    /// Print the text of token ids.
+    Detokenize(DetokenizeArgs),
+    /// Evaluate a model.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EvalCommand {
+    /// Perplexity over a text file, as llama.cpp's llama-perplexity computes it: windows of
+    /// --ctx-size tokens that do not overlap, each scoring the second half of its tokens.
+    Perplexity(PerplexityArgs),
+}
+
+/// Where the model runs and how much it remembers.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct EngineArgs {
+    /// Threads for the matrix products (default: all cores).
+    #[arg(long, short = 't', value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
+    /// Positions the KV cache holds (prompt and answer together).
+    #[arg(long, short = 'c', default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=131072))]
+    pub(crate) ctx_size: u32,
+}
+
+/// How tokens are picked.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct SamplingArgs {
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub(crate) temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this total probability (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub(crate) top_p: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub(crate) top_k: usize,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) min_p: f32,
+    /// Penalise the last 64 tokens by this factor (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) repeat_penalty: f32,
+    /// Seed for sampling; the same seed gives the same text (default: a random seed).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The model: a .gguf, .safetensors or .apr file, or hf://ORG/REPO[/FILE] from the cache.
+    pub(crate) model: String,
+    /// The prompt. Without it, prompts come from --prompts-file or stdin, one per line.
+    #[arg(long, short = 'p')]
+    pub(crate) prompt: Option<String>,
+    /// A file of prompts, one per line; each gets its own result.
+    #[arg(long, conflicts_with = "prompt")]
+    pub(crate) prompts_file: Option<PathBuf>,
+    /// Most tokens to generate per prompt.
+    #[arg(long, short = 'n', default_value_t = 256)]
+    pub(crate) max_tokens: usize,
+    #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+    /// Keep generating after end-of-generation tokens, up to --max-tokens.
+    #[arg(long)]
+    pub(crate) ignore_eos: bool,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long)]
+    pub(crate) stop: Vec<String>,
+    /// Print only the generated text: no timings, no banners.
+    #[arg(long, short = 'q')]
+    pub(crate) quiet: bool,
+    /// Wrap the prompt in the model's chat template as a user turn.
+    #[arg(long)]
+    pub(crate) chat: bool,
+    /// The system prompt for --chat (default: the template's own).
+    #[arg(long, requires = "chat")]
+    pub(crate) system: Option<String>,
+    /// Treat special-token text in the prompt as plain text.
+    #[arg(long)]
+    pub(crate) no_special: bool,
+    /// When the prompt does not fit the context, drop its oldest tokens instead of failing.
+    #[arg(long)]
+    pub(crate) truncate: bool,
+    /// Print one JSON object per prompt instead of streaming text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChatArgs {
+    /// The model file or hf:// reference.
+    pub(crate) model: String,
+    /// The system prompt (default: the template's own).
+    #[arg(long)]
+    pub(crate) system: Option<String>,
+    /// Most tokens per answer.
+    #[arg(long, short = 'n', default_value_t = 1024)]
+    pub(crate) max_tokens: usize,
+    #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TraceArgs {
+    /// The model file or hf:// reference.
+    pub(crate) model: String,
+    /// The prompt (special tokens parsed).
+    #[arg(long, short = 'p')]
+    pub(crate) prompt: String,
+    /// Where to write the JSON trace.
+    #[arg(long)]
+    pub(crate) trace_output: PathBuf,
+    /// Add peak RSS and the bytes mapped from the file versus allocated.
+    #[arg(long)]
+    pub(crate) memory_profile: bool,
+    /// Candidates listed for the first token.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) top: usize,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenizeArgs {
+    /// The model file or hf:// reference.
+    pub(crate) model: String,
+    /// The text.
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    pub(crate) text: Option<String>,
+    /// A file holding the text.
+    #[arg(long)]
+    pub(crate) file: Option<PathBuf>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Treat special-token text as plain text.
+    #[arg(long)]
+    pub(crate) no_special: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DetokenizeArgs {
+    /// The model file or hf:// reference.
+    pub(crate) model: String,
+    /// Token ids (spaces or commas between them).
+    #[arg(required = true, num_args = 1..)]
+    pub(crate) ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PerplexityArgs {
+    /// The model file or hf:// reference.
+    pub(crate) model: String,
+    /// The text to score.
+    pub(crate) file: PathBuf,
+    /// Tokens per window.
+    #[arg(long, short = 'c', default_value_t = 512, value_parser = clap::value_parser!(u32).range(4..=131072))]
+    pub(crate) ctx_size: u32,
+    /// Score at most this many windows.
+    #[arg(long)]
+    pub(crate) chunks: Option<usize>,
+    /// Threads for the matrix products (default: all cores).
+    #[arg(long, short = 't', value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

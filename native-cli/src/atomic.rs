@@ -48,3 +48,12 @@ pub(crate) fn commit(tmp: NamedTempFile, out: &Path, overwrite: bool) -> Result<
     }
     Ok(())
 }
+
+/// Writes `contents` to `path` atomically, replacing any file there.
+pub(crate) fn write(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    commit(tmp, path, true)
+}

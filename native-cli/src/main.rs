@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command, RosettaCommand};
+use crate::args::{Cli, Command, EvalCommand, RosettaCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,6 +25,14 @@ fn main() -> ExitCode {
         | Command::Convert(args) => commands::convert::run(args),
         Command::Check(args) => commands::check::run(args),
         Command::Validate(args) => commands::validate::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Chat(args) => commands::chat::run(args),
+        Command::Trace(args) => commands::trace::run(args),
+        Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Detokenize(args) => commands::tokenize::run_detokenize(args),
+        Command::Eval {
+            command: EvalCommand::Perplexity(args),
+        } => commands::eval::perplexity(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 
 pub mod blocks;
 mod dequant;
+pub mod dot;
 mod quantize;
 
 use crate::dtype::GgmlType;

@@ -50,7 +50,7 @@ fn each<B, const N: usize>(src: &[f32], blocks: &mut [B], f: fn(&[f32; N], &mut 
 
 /// ggml's `nearest_int`: round half to even through the float adder, exact for |x| < 2^22.
 #[inline]
-fn nearest_int(x: f32) -> i32 {
+pub(super) fn nearest_int(x: f32) -> i32 {
     if x.is_nan() || x.abs() > 4_194_303.0 {
         // Out of the trick's range (or NaN); ggml asserts. Saturate instead.
         return if x.is_nan() {
@@ -138,7 +138,7 @@ fn q5_1(x: &[f32; QK], y: &mut BlockQ5_1) {
 }
 
 /// `quantize_row_q8_0_ref`
-fn q8_0(x: &[f32; QK], y: &mut BlockQ8_0) {
+pub(super) fn q8_0(x: &[f32; QK], y: &mut BlockQ8_0) {
     let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };

@@ -1,7 +1,13 @@
 //! One module per subcommand. Each resolves its flags and calls the core.
 
+pub(crate) mod chat;
 pub(crate) mod check;
 pub(crate) mod convert;
+pub(crate) mod eval;
 pub(crate) mod import;
 pub(crate) mod inspect;
+pub(crate) mod model;
+pub(crate) mod run;
+pub(crate) mod tokenize;
+pub(crate) mod trace;
 pub(crate) mod validate;

@@ -1,0 +1,132 @@
+//! The compute backends. [`Backend`] is the small set of operations the qwen2 forward pass needs;
+//! `model/qwen2.rs` is written once against it, and each backend (the CPU one here, wgpu later)
+//! implements it.
+//!
+//! Activations are f32 buffers that live wherever the backend computes (`Backend::Buf`). Weight
+//! matrices keep their stored type (`Backend::Matrix`): the CPU backend borrows them straight
+//! from the memory-mapped file.
+
+use alloc::borrow::Cow;
+use alloc::vec::Vec;
+
+use crate::Result;
+use crate::dtype::GgmlType;
+
+pub mod cpu;
+
+/// A weight matrix as stored: `rows` rows of `cols` values of `dtype`, row-major.
+#[derive(Debug, Clone)]
+pub struct MatrixData<'w> {
+    /// The tensor's name, for errors.
+    pub name: alloc::string::String,
+    /// Stored type.
+    pub dtype: GgmlType,
+    /// Output dimension.
+    pub rows: usize,
+    /// Input dimension (the row length).
+    pub cols: usize,
+    /// `rows * row_bytes` bytes, borrowed from the file when it stores them raw.
+    pub bytes: Cow<'w, [u8]>,
+}
+
+/// The shape of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Query rows in this call (consecutive positions).
+    pub rows: usize,
+    /// Position of the first query row; row `i` attends to cache positions `0..=pos0 + i`.
+    pub pos0: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention: `heads / kv_heads` queries share one).
+    pub kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+}
+
+/// Operations of the forward pass. Every `rows` argument counts the valid leading rows of a
+/// buffer that may be allocated larger.
+pub trait Backend {
+    /// An f32 buffer on the backend's device.
+    type Buf;
+    /// A weight matrix in its stored type; `'w` is the lifetime of the file's bytes.
+    type Matrix<'w>;
+
+    /// A short name for reports (`"cpu"`, `"wgpu"`).
+    fn name(&self) -> &'static str;
+    /// Takes a weight matrix onto the device.
+    fn matrix<'w>(&mut self, data: MatrixData<'w>) -> Result<Self::Matrix<'w>>;
+    /// A buffer holding `values`.
+    fn upload(&mut self, values: &[f32]) -> Result<Self::Buf>;
+    /// A zeroed buffer of `len` values.
+    fn zeros(&mut self, len: usize) -> Result<Self::Buf>;
+    /// Copies `out.len()` values starting at `offset` back to the host.
+    fn read(&mut self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
+
+    /// `out[i, :] = table[tokens[i], :]`, decoded to f32.
+    fn embed(&mut self, table: &Self::Matrix<'_>, tokens: &[u32], out: &mut Self::Buf)
+    -> Result<()>;
+    /// `out[i, :] = x[i, :] / rms(x[i, :]) * weight`, over rows of `weight`'s length.
+    fn rms_norm(
+        &mut self,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `out[i, :] = w · x[i, :]` for `rows` rows: `x` is `[rows, w.cols]`, `out` `[rows, w.rows]`.
+    fn matmul(
+        &mut self,
+        w: &Self::Matrix<'_>,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `x[i, :] += bias` for `rows` rows of the bias's length.
+    fn add_bias(&mut self, x: &mut Self::Buf, bias: &Self::Buf, rows: usize) -> Result<()>;
+    /// NeoX rotary embedding in place: `x` is `[rows, heads * head_dim]`, row `i` at position
+    /// `pos0 + i`; each head's halves are rotated by `pos * theta^(-2j / head_dim)`.
+    fn rope(
+        &mut self,
+        x: &mut Self::Buf,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        theta: f32,
+    ) -> Result<()>;
+    /// Copies `rows` rows of `width` values from `src` (from row `src_row`) into `dst` (from row
+    /// `dst_row`): K and V into the cache, selected rows into scratch.
+    fn copy_rows(
+        &mut self,
+        src: &Self::Buf,
+        src_row: usize,
+        dst: &mut Self::Buf,
+        dst_row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()>;
+    /// Causal grouped-query attention of `q` (`[rows, heads * head_dim]`) over the caches
+    /// (`[ctx, kv_heads * head_dim]`, positions `0..pos0 + rows` valid) into `out` (like `q`).
+    fn attention(
+        &mut self,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `gate = silu(gate) * up` over `len` values.
+    fn silu_mul(&mut self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// `x += y` over `len` values.
+    fn add(&mut self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+}
+
+/// Reads a whole f32 vector (norm weights, biases) out of stored bytes of any decodable type.
+pub fn decode_vector(dtype: GgmlType, bytes: &[u8], len: usize) -> Result<Vec<f32>> {
+    let mut v = alloc::vec![0f32; len];
+    crate::quant::dequantize(dtype, bytes, &mut v)
+        .map_err(|e| crate::Error::Invalid(alloc::format!("{e}")))?;
+    Ok(v)
+}

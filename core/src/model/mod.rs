@@ -1,0 +1,7 @@
+//! Models: the qwen2 config and forward pass.
+
+pub mod config;
+pub mod qwen2;
+
+pub use config::Config;
+pub use qwen2::{Logits, Observer, Op, Qwen2};

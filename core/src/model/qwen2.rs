@@ -1,0 +1,461 @@
+//! The qwen2 forward pass, written once over [`Backend`].
+//!
+//! Per block: RMSNorm, Q/K/V projections with biases, NeoX RoPE, causal grouped-query attention
+//! over the KV cache, output projection, residual; RMSNorm, SwiGLU FFN, residual. Then the final
+//! norm and the LM head (`output.weight`, or the embedding table when tied).
+//!
+//! Prompts are evaluated in batches of up to [`BATCH`] positions, so each weight row is read once
+//! per batch rather than once per token. Every buffer is allocated when the model is built and
+//! written in place afterwards.
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use super::config::{Config, MAX_CONTEXT};
+use crate::backend::{AttnShape, Backend, MatrixData, decode_vector};
+use crate::format::model::ModelFile;
+use crate::{Error, Result};
+
+/// Positions evaluated per forward step of a prompt.
+pub const BATCH: usize = 32;
+
+/// The operations a forward pass reports to an [`Observer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// Token embedding lookup.
+    Embed,
+    /// RMSNorm (attention, FFN and final).
+    RmsNorm,
+    /// Q, K and V projections with their biases.
+    Qkv,
+    /// Rotary position embedding.
+    Rope,
+    /// Writing K and V into the cache.
+    KvStore,
+    /// Attention over the cache.
+    Attention,
+    /// The attention output projection.
+    AttnOutput,
+    /// FFN gate and up projections.
+    FfnGateUp,
+    /// SwiGLU activation.
+    SiluMul,
+    /// FFN down projection.
+    FfnDown,
+    /// Residual additions.
+    Residual,
+    /// The LM head.
+    LmHead,
+}
+
+impl Op {
+    /// Every op, in forward order.
+    pub const ALL: [Op; 12] = [
+        Op::Embed,
+        Op::RmsNorm,
+        Op::Qkv,
+        Op::Rope,
+        Op::KvStore,
+        Op::Attention,
+        Op::AttnOutput,
+        Op::FfnGateUp,
+        Op::SiluMul,
+        Op::FfnDown,
+        Op::Residual,
+        Op::LmHead,
+    ];
+
+    /// A stable snake_case name for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Op::Embed => "embed",
+            Op::RmsNorm => "rms_norm",
+            Op::Qkv => "qkv",
+            Op::Rope => "rope",
+            Op::KvStore => "kv_store",
+            Op::Attention => "attention",
+            Op::AttnOutput => "attn_output",
+            Op::FfnGateUp => "ffn_gate_up",
+            Op::SiluMul => "silu_mul",
+            Op::FfnDown => "ffn_down",
+            Op::Residual => "residual",
+            Op::LmHead => "lm_head",
+        }
+    }
+}
+
+/// Watches a forward pass: op boundaries (for timing) and each block's output.
+pub trait Observer {
+    /// An op starts.
+    fn enter(&mut self, op: Op);
+    /// The op that last started has finished.
+    fn exit(&mut self, op: Op);
+    /// Whether [`Observer::hidden`] should be called (it costs a read-back).
+    fn wants_hidden(&self) -> bool {
+        false
+    }
+    /// The hidden state of the first position of the batch after the embedding (`layer` 0) and
+    /// after each block (`layer` i + 1).
+    fn hidden(&mut self, _layer: usize, _values: &[f32]) {}
+}
+
+/// The observer of an unobserved pass.
+struct Unobserved;
+
+impl Observer for Unobserved {
+    fn enter(&mut self, _: Op) {}
+    fn exit(&mut self, _: Op) {}
+}
+
+/// Which logits a forward step returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position's.
+    Last,
+    /// Every position's, row after row.
+    All,
+}
+
+struct Block<'w, B: Backend> {
+    attn_norm: B::Buf,   // [hidden]
+    wq: B::Matrix<'w>,   // [hidden, hidden]
+    bq: B::Buf,          // [hidden]
+    wk: B::Matrix<'w>,   // [kv_width, hidden]
+    bk: B::Buf,          // [kv_width]
+    wv: B::Matrix<'w>,   // [kv_width, hidden]
+    bv: B::Buf,          // [kv_width]
+    wo: B::Matrix<'w>,   // [hidden, hidden]
+    ffn_norm: B::Buf,    // [hidden]
+    w_gate: B::Matrix<'w>, // [ffn, hidden]
+    w_up: B::Matrix<'w>,   // [ffn, hidden]
+    w_down: B::Matrix<'w>, // [hidden, ffn]
+    k_cache: B::Buf,     // [ctx, kv_width]
+    v_cache: B::Buf,     // [ctx, kv_width]
+}
+
+/// Activations for one batch, allocated once.
+struct Scratch<B: Backend> {
+    x: B::Buf,      // [BATCH, hidden] residual stream
+    xn: B::Buf,     // [BATCH, hidden] normed
+    q: B::Buf,      // [BATCH, hidden]
+    k: B::Buf,      // [BATCH, kv_width]
+    v: B::Buf,      // [BATCH, kv_width]
+    att: B::Buf,    // [BATCH, hidden]
+    proj: B::Buf,   // [BATCH, hidden] attention / FFN output projections
+    gate: B::Buf,   // [BATCH, ffn]
+    up: B::Buf,     // [BATCH, ffn]
+    logits: B::Buf, // [BATCH, vocab]
+}
+
+/// A loaded qwen2 model with its KV cache.
+pub struct Qwen2<'w, B: Backend> {
+    config: Config,
+    backend: B,
+    ctx: usize,
+    pos: usize,
+    embed: B::Matrix<'w>,         // [vocab, hidden]
+    lm_head: Option<B::Matrix<'w>>, // [vocab, hidden]; None when tied to `embed`
+    output_norm: B::Buf,          // [hidden]
+    blocks: Vec<Block<'w, B>>,
+    s: Scratch<B>,
+}
+
+impl<'w, B: Backend> core::fmt::Debug for Qwen2<'w, B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Qwen2")
+            .field("config", &self.config)
+            .field("backend", &self.backend.name())
+            .field("ctx", &self.ctx)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tensor_error(name: &str, why: &str) -> Error {
+    Error::Invalid(format!("tensor {name}: {why}"))
+}
+
+fn matrix<'w, B: Backend>(
+    backend: &mut B,
+    model: &ModelFile<'w>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<B::Matrix<'w>> {
+    let t = model
+        .tensor(name)
+        .ok_or_else(|| tensor_error(name, "missing"))?;
+    if t.shape != [rows as u64, cols as u64] {
+        return Err(tensor_error(
+            name,
+            &format!("shape {:?}, expected [{rows}, {cols}]", t.shape),
+        ));
+    }
+    backend.matrix(MatrixData {
+        name: name.into(),
+        dtype: t.dtype,
+        rows,
+        cols,
+        bytes: t.decode()?,
+    })
+}
+
+fn vector<B: Backend>(backend: &mut B, model: &ModelFile<'_>, name: &str, len: usize) -> Result<B::Buf> {
+    let t = model
+        .tensor(name)
+        .ok_or_else(|| tensor_error(name, "missing"))?;
+    if t.shape != [len as u64] {
+        return Err(tensor_error(name, &format!("shape {:?}, expected [{len}]", t.shape)));
+    }
+    let v = decode_vector(t.dtype, &t.decode()?, len)
+        .map_err(|e| tensor_error(name, &format!("{e}")))?;
+    backend.upload(&v)
+}
+
+impl<'w, B: Backend> Qwen2<'w, B> {
+    /// Builds the model from a parsed file, with a KV cache for `ctx` positions. Weights stay in
+    /// their stored type; raw tensors are borrowed from the file's bytes.
+    pub fn load(model: &ModelFile<'w>, mut backend: B, ctx: usize) -> Result<Self> {
+        let config = Config::from_model(model)?;
+        if ctx == 0 || ctx > MAX_CONTEXT {
+            return Err(Error::Invalid(format!(
+                "a context of {ctx} positions is out of range (1 to {MAX_CONTEXT})"
+            )));
+        }
+        let Config {
+            layers,
+            hidden,
+            ffn,
+            vocab,
+            ..
+        } = config;
+        let kv = config.kv_width();
+        let b = &mut backend;
+        let embed = matrix(b, model, "token_embd.weight", vocab, hidden)?;
+        let lm_head = if config.tied {
+            None
+        } else {
+            Some(matrix(b, model, "output.weight", vocab, hidden)?)
+        };
+        let output_norm = vector(b, model, "output_norm.weight", hidden)?;
+        let mut blocks = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            blocks.push(Block {
+                attn_norm: vector(b, model, &n("attn_norm.weight"), hidden)?,
+                wq: matrix(b, model, &n("attn_q.weight"), hidden, hidden)?,
+                bq: vector(b, model, &n("attn_q.bias"), hidden)?,
+                wk: matrix(b, model, &n("attn_k.weight"), kv, hidden)?,
+                bk: vector(b, model, &n("attn_k.bias"), kv)?,
+                wv: matrix(b, model, &n("attn_v.weight"), kv, hidden)?,
+                bv: vector(b, model, &n("attn_v.bias"), kv)?,
+                wo: matrix(b, model, &n("attn_output.weight"), hidden, hidden)?,
+                ffn_norm: vector(b, model, &n("ffn_norm.weight"), hidden)?,
+                w_gate: matrix(b, model, &n("ffn_gate.weight"), ffn, hidden)?,
+                w_up: matrix(b, model, &n("ffn_up.weight"), ffn, hidden)?,
+                w_down: matrix(b, model, &n("ffn_down.weight"), hidden, ffn)?,
+                k_cache: b.zeros(ctx * kv)?,
+                v_cache: b.zeros(ctx * kv)?,
+            });
+        }
+        let s = Scratch {
+            x: b.zeros(BATCH * hidden)?,
+            xn: b.zeros(BATCH * hidden)?,
+            q: b.zeros(BATCH * hidden)?,
+            k: b.zeros(BATCH * kv)?,
+            v: b.zeros(BATCH * kv)?,
+            att: b.zeros(BATCH * hidden)?,
+            proj: b.zeros(BATCH * hidden)?,
+            gate: b.zeros(BATCH * ffn)?,
+            up: b.zeros(BATCH * ffn)?,
+            logits: b.zeros(BATCH * vocab)?,
+        };
+        Ok(Self {
+            config,
+            backend,
+            ctx,
+            pos: 0,
+            embed,
+            lm_head,
+            output_norm,
+            blocks,
+            s,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Positions the KV cache holds.
+    pub fn context_size(&self) -> usize {
+        self.ctx
+    }
+
+    /// Positions already evaluated (the next token goes at this position).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets every position from `len` on; the next token goes at `len`.
+    pub fn truncate(&mut self, len: usize) {
+        self.pos = self.pos.min(len);
+    }
+
+    /// Evaluates `tokens` at the next positions and returns their logits (`[vocab]` for
+    /// [`Logits::Last`], `[tokens.len(), vocab]` for [`Logits::All`]).
+    pub fn forward(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        self.forward_observed(tokens, which, None)
+    }
+
+    /// [`Qwen2::forward`] reporting to `observer`.
+    pub fn forward_observed(
+        &mut self,
+        tokens: &[u32],
+        which: Logits,
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<Vec<f32>> {
+        let mut quiet = Unobserved;
+        let obs: &mut dyn Observer = match observer {
+            Some(o) => o,
+            None => &mut quiet,
+        };
+        if tokens.is_empty() {
+            return Err(Error::Invalid("nothing to evaluate: no tokens".into()));
+        }
+        let need = self.pos.saturating_add(tokens.len());
+        if need > self.ctx {
+            return Err(Error::ContextFull {
+                need,
+                ctx: self.ctx,
+            });
+        }
+        let vocab = self.config.vocab;
+        let mut out = Vec::with_capacity(match which {
+            Logits::Last => vocab,
+            Logits::All => tokens.len() * vocab,
+        });
+        let chunks = tokens.chunks(BATCH);
+        let last = chunks.len() - 1;
+        for (c, chunk) in chunks.enumerate() {
+            let rows = chunk.len();
+            let logit_rows = match which {
+                Logits::All => rows,
+                Logits::Last if c == last => 1,
+                Logits::Last => 0,
+            };
+            self.step(chunk, logit_rows, obs)?;
+            let start = out.len();
+            out.resize(start + logit_rows * vocab, 0.0);
+            self.backend
+                .read(&self.s.logits, 0, &mut out[start..])?;
+        }
+        Ok(out)
+    }
+
+    /// One batch of up to [`BATCH`] positions; the logits of the last `logit_rows` rows land in
+    /// `s.logits`.
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        logit_rows: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let Config {
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn,
+            eps,
+            rope_theta,
+            ..
+        } = self.config;
+        let kv = self.config.kv_width();
+        let rows = tokens.len();
+        let pos0 = self.pos;
+        let bk = &mut self.backend;
+        let s = &mut self.s;
+
+        macro_rules! op {
+            ($op:expr, $body:expr) => {{
+                obs.enter($op);
+                let r: Result<()> = $body;
+                r?;
+                obs.exit($op);
+            }};
+        }
+        let mut first_row = Vec::new();
+        let mut report = |bk: &mut B, x: &B::Buf, layer: usize, obs: &mut dyn Observer| -> Result<()> {
+            if obs.wants_hidden() {
+                first_row.resize(hidden, 0.0);
+                bk.read(x, 0, &mut first_row)?;
+                obs.hidden(layer, &first_row);
+            }
+            Ok(())
+        };
+
+        op!(Op::Embed, bk.embed(&self.embed, tokens, &mut s.x));
+        report(bk, &s.x, 0, obs)?;
+        for (l, b) in self.blocks.iter_mut().enumerate() {
+            op!(Op::RmsNorm, bk.rms_norm(&s.x, &b.attn_norm, eps, rows, &mut s.xn));
+            op!(Op::Qkv, {
+                bk.matmul(&b.wq, &s.xn, rows, &mut s.q)?;
+                bk.add_bias(&mut s.q, &b.bq, rows)?;
+                bk.matmul(&b.wk, &s.xn, rows, &mut s.k)?;
+                bk.add_bias(&mut s.k, &b.bk, rows)?;
+                bk.matmul(&b.wv, &s.xn, rows, &mut s.v)?;
+                bk.add_bias(&mut s.v, &b.bv, rows)
+            });
+            op!(Op::Rope, {
+                bk.rope(&mut s.q, rows, heads, head_dim, pos0, rope_theta)?;
+                bk.rope(&mut s.k, rows, kv_heads, head_dim, pos0, rope_theta)
+            });
+            op!(Op::KvStore, {
+                bk.copy_rows(&s.k, 0, &mut b.k_cache, pos0, rows, kv)?;
+                bk.copy_rows(&s.v, 0, &mut b.v_cache, pos0, rows, kv)
+            });
+            let shape = AttnShape {
+                rows,
+                pos0,
+                heads,
+                kv_heads,
+                head_dim,
+            };
+            op!(Op::Attention, bk.attention(&s.q, &b.k_cache, &b.v_cache, shape, &mut s.att));
+            op!(Op::AttnOutput, bk.matmul(&b.wo, &s.att, rows, &mut s.proj));
+            op!(Op::Residual, bk.add(&mut s.x, &s.proj, rows * hidden));
+            op!(Op::RmsNorm, bk.rms_norm(&s.x, &b.ffn_norm, eps, rows, &mut s.xn));
+            op!(Op::FfnGateUp, {
+                bk.matmul(&b.w_gate, &s.xn, rows, &mut s.gate)?;
+                bk.matmul(&b.w_up, &s.xn, rows, &mut s.up)
+            });
+            op!(Op::SiluMul, bk.silu_mul(&mut s.gate, &s.up, rows * ffn));
+            op!(Op::FfnDown, bk.matmul(&b.w_down, &s.gate, rows, &mut s.proj));
+            op!(Op::Residual, bk.add(&mut s.x, &s.proj, rows * hidden));
+            report(bk, &s.x, l + 1, obs)?;
+        }
+        self.pos = pos0 + rows;
+        if logit_rows == 0 {
+            return Ok(());
+        }
+        // Only the rows whose logits are wanted go through the LM head.
+        op!(Op::RmsNorm, bk.rms_norm(&s.x, &self.output_norm, eps, rows, &mut s.xn));
+        let skip = rows - logit_rows;
+        let normed = if skip == 0 {
+            &s.xn
+        } else {
+            bk.copy_rows(&s.xn, skip, &mut s.att, 0, logit_rows, hidden)?;
+            &s.att
+        };
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        op!(Op::LmHead, bk.matmul(head, normed, logit_rows, &mut s.logits));
+        Ok(())
+    }
+}

@@ -1,0 +1,555 @@
+//! Dot products of a quantized weight row with an activation row: the scalar reference for every
+//! matrix multiply in the model.
+//!
+//! Like llama.cpp's CPU backend, activations are first quantized to the weight type's partner
+//! (`vec_dot_type`): Q8_0 for Q4_0, Q5_0 and Q8_0 weights, Q8_K for the K-quants Q4_K, Q5_K and
+//! Q6_K. The dot product then runs on integers block by block, which is both what makes it fast
+//! and what makes its logits agree with llama.cpp's. Every other weight type (F32, and F16, BF16,
+//! Q4_1, Q5_1, Q2_K, Q3_K, decoded to f32 first) takes f32 activations.
+//!
+//! Each kernel names the `ggml_vec_dot_*_generic` function it ports; the integer sums are exact,
+//! and the float accumulation follows the same order.
+
+use alloc::vec::Vec;
+
+use bytemuck::{Pod, Zeroable, cast_slice};
+
+use super::blocks::*;
+use super::{QuantError, f16_to_f32};
+use crate::dtype::GgmlType;
+
+/// `block_q8_K`: the activation partner of the K-quants. Only ever built in memory, never read
+/// from a file, so it keeps natural alignment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8K {
+    /// Scale (f32, not f16).
+    pub d: f32,
+    /// Values.
+    pub qs: [i8; QK_K],
+    /// Sums of each group of 16 values.
+    pub bsums: [i16; QK_K / 16],
+}
+const _: () = assert!(core::mem::size_of::<BlockQ8K>() == 292);
+
+/// The encoding a weight type's dot product wants its activations in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActKind {
+    /// Plain f32 (the weight row is decoded to f32 when it is not F32 already).
+    F32,
+    /// Blocks of 32 as [`BlockQ8_0`].
+    Q8_0,
+    /// Super-blocks of 256 as [`BlockQ8K`].
+    Q8K,
+}
+
+impl ActKind {
+    /// The partner of weight type `ty` (`type_traits_cpu[ty].vec_dot_type` in ggml, for the types
+    /// that have an integer kernel here).
+    pub const fn for_weight(ty: GgmlType) -> Self {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => Self::Q8K,
+            _ => Self::F32,
+        }
+    }
+}
+
+/// One activation row in the encoding a weight type wants.
+#[derive(Clone, Copy, Debug)]
+pub enum ActRow<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// Q8_0 blocks.
+    Q8_0(&'a [BlockQ8_0]),
+    /// Q8_K super-blocks.
+    Q8K(&'a [BlockQ8K]),
+}
+
+/// Activation rows quantized once and reused against every weight row.
+#[derive(Clone, Debug, Default)]
+pub struct Activations {
+    kind: Option<ActKind>,
+    cols: usize,
+    f32s: Vec<f32>,
+    q8_0: Vec<BlockQ8_0>,
+    q8k: Vec<BlockQ8K>,
+}
+
+impl Activations {
+    /// Encodes `rows` rows of `cols` values from `x` as `kind`, reusing this buffer's memory.
+    pub fn encode(
+        &mut self,
+        kind: ActKind,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), QuantError> {
+        let x = x.get(..rows * cols).ok_or(QuantError::SizeMismatch {
+            ty: GgmlType::F32,
+            bytes: x.len() * 4,
+            elements: rows * cols,
+        })?;
+        self.kind = Some(kind);
+        self.cols = cols;
+        match kind {
+            ActKind::F32 => {
+                self.f32s.clear();
+                self.f32s.extend_from_slice(x);
+            }
+            ActKind::Q8_0 => {
+                let per_row = whole_blocks(GgmlType::Q8_0, cols, QK)?;
+                self.q8_0.clear();
+                self.q8_0.resize(rows * per_row, BlockQ8_0::zeroed());
+                for (src, dst) in x.chunks_exact(QK).zip(self.q8_0.iter_mut()) {
+                    if let Ok(src) = <&[f32; QK]>::try_from(src) {
+                        quantize_q8_0_act(src, dst);
+                    }
+                }
+            }
+            ActKind::Q8K => {
+                let per_row = whole_blocks(GgmlType::Q4_K, cols, QK_K)?;
+                self.q8k.clear();
+                self.q8k.resize(rows * per_row, BlockQ8K::zeroed());
+                for (src, dst) in x.chunks_exact(QK_K).zip(self.q8k.iter_mut()) {
+                    if let Ok(src) = <&[f32; QK_K]>::try_from(src) {
+                        quantize_q8_k(src, dst);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The encoding held.
+    pub fn kind(&self) -> Option<ActKind> {
+        self.kind
+    }
+
+    /// Row `r`, or `None` past the end.
+    pub fn row(&self, r: usize) -> Option<ActRow<'_>> {
+        let c = self.cols;
+        match self.kind? {
+            ActKind::F32 => self.f32s.get(r * c..(r + 1) * c).map(ActRow::F32),
+            ActKind::Q8_0 => {
+                let n = c / QK;
+                self.q8_0.get(r * n..(r + 1) * n).map(ActRow::Q8_0)
+            }
+            ActKind::Q8K => {
+                let n = c / QK_K;
+                self.q8k.get(r * n..(r + 1) * n).map(ActRow::Q8K)
+            }
+        }
+    }
+}
+
+fn whole_blocks(ty: GgmlType, cols: usize, block: usize) -> Result<usize, QuantError> {
+    if cols.is_multiple_of(block) {
+        Ok(cols / block)
+    } else {
+        Err(QuantError::PartialBlock {
+            ty,
+            elements: cols,
+            block,
+        })
+    }
+}
+
+/// `quantize_row_q8_0` as llama.cpp's x86 build runs it: the inverse scale is `127 / max`
+/// (not `1 / d`) and values round half to even.
+pub fn quantize_q8_0_act(x: &[f32; QK], y: &mut BlockQ8_0) {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    y.d = super::f32_to_f16(d);
+    for (q, &v) in y.qs.iter_mut().zip(x) {
+        *q = super::quantize::nearest_int(v * id) as i8;
+    }
+}
+
+/// `quantize_row_q8_K_ref`.
+pub fn quantize_q8_k(x: &[f32; QK_K], y: &mut BlockQ8K) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        *y = BlockQ8K::zeroed();
+        return;
+    }
+    let iscale = -127.0 / max;
+    for (q, &v) in y.qs.iter_mut().zip(x) {
+        *q = super::quantize::nearest_int(iscale * v).min(127) as i8;
+    }
+    for (s, group) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
+        *s = group.iter().map(|&q| i16::from(q)).sum();
+    }
+    y.d = 1.0 / iscale;
+}
+
+/// `w · x` for one weight row stored as `ty` (`row.len()` bytes) and one activation row in
+/// `ActKind::for_weight(ty)`'s encoding. `scratch` must hold a row of f32 for the types decoded
+/// to f32 first.
+#[inline(always)]
+pub fn dot(ty: GgmlType, row: &[u8], x: ActRow<'_>, scratch: &mut [f32]) -> Result<f32, QuantError> {
+    let mismatch = |elements| QuantError::SizeMismatch {
+        ty,
+        bytes: row.len(),
+        elements,
+    };
+    match (ty, x) {
+        (GgmlType::Q8_0, ActRow::Q8_0(y)) => blocks(row, y, dot_q8_0),
+        (GgmlType::Q5_0, ActRow::Q8_0(y)) => blocks(row, y, dot_q5_0),
+        (GgmlType::Q4_0, ActRow::Q8_0(y)) => blocks(row, y, dot_q4_0),
+        (GgmlType::Q4_K, ActRow::Q8K(y)) => k_blocks(row, y, dot_q4_k),
+        (GgmlType::Q5_K, ActRow::Q8K(y)) => k_blocks(row, y, dot_q5_k),
+        (GgmlType::Q6_K, ActRow::Q8K(y)) => k_blocks(row, y, dot_q6_k),
+        (GgmlType::F32, ActRow::F32(y)) => {
+            if row.len() != y.len() * 4 {
+                return Err(mismatch(y.len()));
+            }
+            Ok(match bytemuck::try_cast_slice::<u8, f32>(row) {
+                Ok(w) => dot_f32(w, y),
+                // Unaligned in the file (SafeTensors promises no alignment): decode first.
+                Err(_) => {
+                    let w = scratch.get_mut(..y.len()).ok_or(mismatch(y.len()))?;
+                    super::dequantize(ty, row, w)?;
+                    dot_f32(w, y)
+                }
+            })
+        }
+        (_, ActRow::F32(y)) => {
+            let w = scratch.get_mut(..y.len()).ok_or(mismatch(y.len()))?;
+            super::dequantize(ty, row, w)?;
+            Ok(dot_f32(w, y))
+        }
+        (_, ActRow::Q8_0(y)) => Err(mismatch(y.len() * QK)),
+        (_, ActRow::Q8K(y)) => Err(mismatch(y.len() * QK_K)),
+    }
+}
+
+#[inline(always)]
+fn blocks<B: Pod>(
+    row: &[u8],
+    y: &[BlockQ8_0],
+    f: impl Fn(&B, &BlockQ8_0) -> f32,
+) -> Result<f32, QuantError> {
+    let x: &[B] = bytemuck::try_cast_slice(row).map_err(|_| QuantError::SizeMismatch {
+        ty: GgmlType::Q8_0,
+        bytes: row.len(),
+        elements: y.len() * QK,
+    })?;
+    if x.len() != y.len() {
+        return Err(QuantError::SizeMismatch {
+            ty: GgmlType::Q8_0,
+            bytes: row.len(),
+            elements: y.len() * QK,
+        });
+    }
+    Ok(x.iter().zip(y).fold(0.0f32, |acc, (a, b)| acc + f(a, b)))
+}
+
+#[inline(always)]
+fn k_blocks<B: Pod>(
+    row: &[u8],
+    y: &[BlockQ8K],
+    f: impl Fn(&B, &BlockQ8K, &mut [f32; 8]) -> f32,
+) -> Result<f32, QuantError> {
+    let x: &[B] = bytemuck::try_cast_slice(row).map_err(|_| QuantError::SizeMismatch {
+        ty: GgmlType::Q4_K,
+        bytes: row.len(),
+        elements: y.len() * QK_K,
+    })?;
+    if x.len() != y.len() {
+        return Err(QuantError::SizeMismatch {
+            ty: GgmlType::Q4_K,
+            bytes: row.len(),
+            elements: y.len() * QK_K,
+        });
+    }
+    let mut sums = [0.0f32; 8];
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        sumf += f(a, b, &mut sums);
+    }
+    Ok(sumf + sums.iter().sum::<f32>())
+}
+
+/// f32 dot with eight running sums, as ggml's vectorised `ggml_vec_dot_f32` keeps.
+#[inline(always)]
+pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (wc, xc) = (w.chunks_exact(8), x.chunks_exact(8));
+    let (wr, xr) = (wc.remainder(), xc.remainder());
+    for (a, b) in wc.zip(xc) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (a, b) in wr.iter().zip(xr) {
+        sum += a * b;
+    }
+    sum
+}
+
+/// `ggml_vec_dot_q8_0_q8_0_generic`, one block.
+#[inline(always)]
+fn dot_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> f32 {
+    let sumi: i32 = x
+        .qs
+        .iter()
+        .zip(&y.qs)
+        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+        .sum();
+    sumi as f32 * (f16_to_f32(x.d) * f16_to_f32(y.d))
+}
+
+/// `ggml_vec_dot_q4_0_q8_0_generic`, one block.
+#[inline(always)]
+fn dot_q4_0(x: &BlockQ4_0, y: &BlockQ8_0) -> f32 {
+    let mut sumi = 0i32;
+    for j in 0..QK / 2 {
+        let v0 = i32::from(x.qs[j] & 0x0f) - 8;
+        let v1 = i32::from(x.qs[j] >> 4) - 8;
+        sumi += v0 * i32::from(y.qs[j]) + v1 * i32::from(y.qs[j + QK / 2]);
+    }
+    sumi as f32 * f16_to_f32(x.d) * f16_to_f32(y.d)
+}
+
+/// `ggml_vec_dot_q5_0_q8_0_generic`, one block.
+#[inline(always)]
+fn dot_q5_0(x: &BlockQ5_0, y: &BlockQ8_0) -> f32 {
+    let qh = u32::from_le_bytes(x.qh);
+    let mut sumi = 0i32;
+    for j in 0..QK / 2 {
+        let h0 = ((qh >> j) & 1) << 4;
+        let h1 = ((qh >> (j + 16)) & 1) << 4;
+        let x0 = (u32::from(x.qs[j] & 0x0f) | h0) as i32 - 16;
+        let x1 = (u32::from(x.qs[j] >> 4) | h1) as i32 - 16;
+        sumi += x0 * i32::from(y.qs[j]) + x1 * i32::from(y.qs[j + QK / 2]);
+    }
+    (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32
+}
+
+/// The 8 six-bit scales and 8 mins of a Q4_K/Q5_K block, unpacked as the ggml kernels do.
+#[inline(always)]
+fn k4_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
+    for j in 0..8 {
+        let (s, m) = super::dequant::scale_min_k4(j, q);
+        scales[j] = s;
+        mins[j] = m;
+    }
+    (scales, mins)
+}
+
+/// The shared tail of the K-quant kernels: `aux8` holds the 256 unsigned levels, `scales` one
+/// scale per group of `256 / scales.len()`.
+#[inline(always)]
+fn k_sum(aux8: &[i8; QK_K], y: &BlockQ8K, scales: &[i32]) -> [i32; 8] {
+    let group = QK_K / scales.len();
+    let mut aux32 = [0i32; 8];
+    for (g, &scale) in scales.iter().enumerate() {
+        for c in (g * group..(g + 1) * group).step_by(8) {
+            for l in 0..8 {
+                aux32[l] += scale * (i32::from(y.qs[c + l]) * i32::from(aux8[c + l]));
+            }
+        }
+    }
+    aux32
+}
+
+/// `ggml_vec_dot_q4_K_q8_K_generic`, one block; returns the min correction and adds the scaled
+/// sums to `sums`.
+#[inline(always)]
+fn dot_q4_k(x: &BlockQ4K, y: &BlockQ8K, sums: &mut [f32; 8]) -> f32 {
+    let mut aux8 = [0i8; QK_K];
+    for (j, q4) in x.qs.chunks_exact(32).enumerate() {
+        for l in 0..32 {
+            aux8[64 * j + l] = (q4[l] & 0x0f) as i8;
+            aux8[64 * j + 32 + l] = (q4[l] >> 4) as i8;
+        }
+    }
+    k_quant_tail(&aux8, x.d, x.dmin, &x.scales, y, sums)
+}
+
+/// `ggml_vec_dot_q5_K_q8_K_generic`, one block.
+#[inline(always)]
+fn dot_q5_k(x: &BlockQ5K, y: &BlockQ8K, sums: &mut [f32; 8]) -> f32 {
+    let mut aux8 = [0i8; QK_K];
+    let mut m = 1u8;
+    for (j, q4) in x.qs.chunks_exact(32).enumerate() {
+        for l in 0..32 {
+            let hi = if x.qh[l] & m != 0 { 16 } else { 0 };
+            aux8[64 * j + l] = ((q4[l] & 0x0f) + hi) as i8;
+        }
+        m <<= 1;
+        for l in 0..32 {
+            let hi = if x.qh[l] & m != 0 { 16 } else { 0 };
+            aux8[64 * j + 32 + l] = ((q4[l] >> 4) + hi) as i8;
+        }
+        m <<= 1;
+    }
+    k_quant_tail(&aux8, x.d, x.dmin, &x.scales, y, sums)
+}
+
+#[inline(always)]
+fn k_quant_tail(
+    aux8: &[i8; QK_K],
+    d: [u8; 2],
+    dmin: [u8; 2],
+    packed: &[u8; 12],
+    y: &BlockQ8K,
+    sums: &mut [f32; 8],
+) -> f32 {
+    let (scales, mins) = k4_scales_mins(packed);
+    let sumi: i32 = y
+        .bsums
+        .iter()
+        .enumerate()
+        .map(|(j, &b)| i32::from(b) * i32::from(mins[j / 2]))
+        .sum();
+    let aux32 = k_sum(aux8, y, &scales.map(i32::from));
+    let d = f16_to_f32(d) * y.d;
+    for l in 0..8 {
+        sums[l] += d * aux32[l] as f32;
+    }
+    let dmin = f16_to_f32(dmin) * y.d;
+    -dmin * sumi as f32
+}
+
+/// `ggml_vec_dot_q6_K_q8_K_generic`, one block.
+#[inline(always)]
+fn dot_q6_k(x: &BlockQ6K, y: &BlockQ8K, sums: &mut [f32; 8]) -> f32 {
+    let mut aux8 = [0i8; QK_K];
+    for half in 0..2 {
+        let ql = &x.ql[64 * half..64 * half + 64];
+        let qh = &x.qh[32 * half..32 * half + 32];
+        let a = &mut aux8[128 * half..128 * half + 128];
+        for l in 0..32 {
+            a[l] = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8 - 32;
+            a[l + 32] = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            a[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            a[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+    let aux32 = k_sum(&aux8, y, &x.scales.map(i32::from));
+    let d = f16_to_f32(x.d) * y.d;
+    for l in 0..8 {
+        sums[l] += d * aux32[l] as f32;
+    }
+    0.0
+}
+
+/// Casts for the tests and the backends: a row of blocks as bytes.
+pub fn as_bytes<B: Pod>(blocks: &[B]) -> &[u8] {
+    cast_slice(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{dequantize, quantize};
+
+    fn rng(seed: u64) -> impl FnMut() -> f32 {
+        let mut s = seed;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    /// Every integer kernel agrees with "decode both sides to f32 and multiply" to within the
+    /// rounding of the f32 sums.
+    #[test]
+    fn integer_kernels_match_the_decoded_product() {
+        use GgmlType::*;
+        for ty in [Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, F32, F16, BF16, Q4_1, Q5_1] {
+            for seed in 1..6u64 {
+                let n = 512;
+                let mut r = rng(seed * 31 + ty as u64);
+                let w: Vec<f32> = (0..n).map(|_| r() * 0.1).collect();
+                let x: Vec<f32> = (0..n).map(|_| r() * 3.0).collect();
+                // Q5_K has no quantizer here: take Q4_K's bytes with a zero fifth-bit plane.
+                let wq = if ty == Q5_K {
+                    let mut q4 = vec![0u8; Q4_K.bytes_for(n as u64).unwrap() as usize];
+                    quantize(Q4_K, &w, &mut q4).unwrap();
+                    let mut out = Vec::new();
+                    for b in q4.chunks_exact(144) {
+                        out.extend_from_slice(&b[..16]);
+                        out.extend_from_slice(&[0u8; 32]);
+                        out.extend_from_slice(&b[16..]);
+                    }
+                    out
+                } else {
+                    let mut q = vec![0u8; ty.bytes_for(n as u64).unwrap() as usize];
+                    quantize(ty, &w, &mut q).unwrap();
+                    q
+                };
+                let mut wd = vec![0f32; n];
+                dequantize(ty, &wq, &mut wd).unwrap();
+                let kind = ActKind::for_weight(ty);
+                let mut acts = Activations::default();
+                acts.encode(kind, &x, 1, n).unwrap();
+                // The activation side as the kernel sees it.
+                let xd: Vec<f32> = match acts.row(0).unwrap() {
+                    ActRow::F32(v) => v.to_vec(),
+                    ActRow::Q8_0(b) => {
+                        let mut v = vec![0f32; n];
+                        dequantize(Q8_0, as_bytes(b), &mut v).unwrap();
+                        v
+                    }
+                    ActRow::Q8K(b) => b
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&q| f32::from(q) * b.d))
+                        .collect(),
+                };
+                let want: f64 = wd.iter().zip(&xd).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                let mut scratch = vec![0f32; n];
+                let got = dot(ty, &wq, acts.row(0).unwrap(), &mut scratch).unwrap();
+                let scale: f64 = wd.iter().zip(&xd).map(|(a, b)| f64::from((a * b).abs())).sum();
+                assert!(
+                    (f64::from(got) - want).abs() <= 1e-5 * scale + 1e-6,
+                    "{ty:?} seed {seed}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q8_k_matches_its_definition() {
+        let mut r = rng(7);
+        let x: [f32; QK_K] = core::array::from_fn(|_| r() * 5.0);
+        let mut b = BlockQ8K::zeroed();
+        quantize_q8_k(&x, &mut b);
+        let max = x.iter().copied().fold(0.0f32, |a, v| if v.abs() > a.abs() { v } else { a });
+        assert_eq!(b.d, 1.0 / (-127.0 / max));
+        for (g, s) in b.bsums.iter().enumerate() {
+            let want: i16 = b.qs[16 * g..16 * g + 16].iter().map(|&q| i16::from(q)).sum();
+            assert_eq!(*s, want);
+        }
+        for (q, v) in b.qs.iter().zip(&x) {
+            assert!((f32::from(*q) * b.d - v).abs() <= b.d.abs() * 0.5 + 1e-6);
+        }
+        let mut z = BlockQ8K::zeroed();
+        quantize_q8_k(&[0.0; QK_K], &mut z);
+        assert_eq!(z.d, 0.0);
+    }
+
+    #[test]
+    fn mismatched_sizes_are_errors() {
+        let mut acts = Activations::default();
+        assert!(acts.encode(ActKind::Q8_0, &[0.0; 40], 1, 40).is_err());
+        acts.encode(ActKind::Q8_0, &[0.0; 64], 1, 64).unwrap();
+        let row = acts.row(0).unwrap();
+        assert!(dot(GgmlType::Q8_0, &[0u8; 34], row, &mut []).is_err());
+        assert!(dot(GgmlType::Q4_K, &[0u8; 144], row, &mut []).is_err());
+        assert!(dot(GgmlType::F16, &[0u8; 128], ActRow::F32(&[0.0; 64]), &mut []).is_err());
+    }
+}

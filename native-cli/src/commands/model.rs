@@ -1,0 +1,114 @@
+//! What the inference commands share: finding the model (a path or `hf://`), mapping it, and
+//! building the tokenizer and the CPU model over the mapped bytes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use apr_core::backend::cpu::Cpu;
+use apr_core::file::MappedFile;
+use apr_core::format::model::ModelFile;
+use apr_core::generate::Session;
+use apr_core::model::Qwen2;
+use apr_core::sample::SamplerConfig;
+use apr_core::tokenizer::Tokenizer;
+
+use crate::args::{EngineArgs, SamplingArgs};
+use crate::hub::{Hub, Pick};
+
+/// A model file: a path, or `hf://ORG/REPO[/FILE]` fetched through the import cache (the cached
+/// copy is used when the hub cannot be reached).
+pub(crate) fn resolve(model: &str) -> Result<PathBuf> {
+    let Some(rest) = model.strip_prefix("hf://") else {
+        return Ok(PathBuf::from(model));
+    };
+    let mut parts = rest.splitn(3, '/');
+    let (Some(org), Some(name)) = (parts.next(), parts.next()) else {
+        bail!("'{model}' is not of the form hf://ORG/REPO[/FILE]");
+    };
+    if org.is_empty() || name.is_empty() {
+        bail!("'{model}' is not of the form hf://ORG/REPO[/FILE]");
+    }
+    let repo = format!("{org}/{name}");
+    let pick = match parts.next().filter(|f| !f.is_empty()) {
+        Some(file) => Pick::File(file),
+        None => Pick::OnlyGguf,
+    };
+    Ok(Hub::from_env().fetch(&repo, "main", pick)?.path)
+}
+
+/// A mapped model file and when its loading began.
+pub(crate) struct Opened {
+    pub(crate) file: MappedFile,
+    pub(crate) started: Instant,
+}
+
+/// Maps the model file.
+pub(crate) fn open(model: &str) -> Result<Opened> {
+    let started = Instant::now();
+    let path = resolve(model)?;
+    let file =
+        MappedFile::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Opened { file, started })
+}
+
+impl Opened {
+    /// The parsed container.
+    pub(crate) fn parse(&self) -> Result<ModelFile<'_>> {
+        self.file
+            .model()
+            .with_context(|| format!("cannot read {}", self.file.path().display()))
+    }
+}
+
+/// The tokenizer a model file carries.
+pub(crate) fn tokenizer(model: &ModelFile<'_>) -> Result<Tokenizer> {
+    Tokenizer::from_metadata(&model.metadata).context("the model's tokenizer cannot be built")
+}
+
+/// Threads to use: the flag, else every core.
+pub(crate) fn threads(flag: Option<u16>) -> usize {
+    flag.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    )
+}
+
+/// The model on the CPU, with a KV cache of `ctx` positions.
+pub(crate) fn load<'w>(model: &ModelFile<'w>, threads: usize, ctx: usize) -> Result<Qwen2<'w, Cpu>> {
+    Qwen2::load(model, Cpu::new(threads), ctx).context("cannot load the model")
+}
+
+/// A generation session and how long loading took.
+pub(crate) fn session<'w>(
+    model: &ModelFile<'w>,
+    engine: &EngineArgs,
+    started: Instant,
+) -> Result<(Session<'w, Cpu>, Duration)> {
+    let tokenizer = tokenizer(model)?;
+    let qwen = load(model, threads(engine.threads), engine.ctx_size as usize)?;
+    Ok((Session::new(qwen, tokenizer), started.elapsed()))
+}
+
+/// The sampler the flags ask for; without --seed, a fresh one each run.
+pub(crate) fn sampler(args: &SamplingArgs) -> Result<SamplerConfig> {
+    let seed = args.seed.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.as_nanos() as u64 ^ u64::from(std::process::id())
+    });
+    let config = SamplerConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: 64,
+        seed,
+    };
+    if let Err(why) = config.validate() {
+        bail!("{why}");
+    }
+    Ok(config)
+}
