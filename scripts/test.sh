@@ -21,6 +21,9 @@ step "apr-core without std (no_std + alloc), natively and for wasm32"
 cargo build -p apr-core --no-default-features --locked --quiet
 cargo build -p apr-core --no-default-features --target wasm32-unknown-unknown --locked --quiet
 
+step "apr-core's tokenizer, chat template and generation for wasm32"
+cargo build -p apr-core --no-default-features --features tokenizer --target wasm32-unknown-unknown --locked --quiet
+
 step "the web app for wasm32"
 cargo check -p apr-web --target wasm32-unknown-unknown --locked --quiet
 

@@ -61,9 +61,9 @@ fn template_error(e: minijinja::Error) -> Error {
 impl ChatTemplate {
     /// The template a model file carries.
     pub fn from_metadata(meta: &Metadata) -> Result<Self> {
-        let source = meta
-            .get_str("tokenizer.chat_template")
-            .ok_or_else(|| Error::Invalid("the model has no chat template (tokenizer.chat_template)".into()))?;
+        let source = meta.get_str("tokenizer.chat_template").ok_or_else(|| {
+            Error::Invalid("the model has no chat template (tokenizer.chat_template)".into())
+        })?;
         let bos = meta.token_text("tokenizer.ggml.bos_token_id").unwrap_or("");
         let eos = meta.token_text("tokenizer.ggml.eos_token_id").unwrap_or("");
         Self::new(source, bos, eos)
@@ -75,9 +75,15 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.add_function("raise_exception", |msg: String| -> core::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> core::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", source.to_string())
             .map_err(template_error)?;
         Ok(Self {

@@ -114,8 +114,20 @@ pub struct Timings {
 impl Timings {
     /// Timings from the durations measured around a generation that evaluated `prompt_tokens`
     /// and generated `tokens`.
-    pub fn new(load_ms: f64, prompt_ms: f64, decode_ms: f64, prompt_tokens: usize, tokens: usize) -> Self {
-        let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1000.0 / ms } else { 0.0 };
+    pub fn new(
+        load_ms: f64,
+        prompt_ms: f64,
+        decode_ms: f64,
+        prompt_tokens: usize,
+        tokens: usize,
+    ) -> Self {
+        let rate = |n: usize, ms: f64| {
+            if ms > 0.0 {
+                n as f64 * 1000.0 / ms
+            } else {
+                0.0
+            }
+        };
         Self {
             load_ms,
             prompt_ms,
@@ -173,7 +185,9 @@ impl<'w, B: Backend> Session<'w, B> {
     /// already holds. Returns the logits and how many prompt tokens were reused.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
         if prompt.is_empty() {
-            return Err(Error::Invalid("the prompt is empty: nothing to continue".into()));
+            return Err(Error::Invalid(
+                "the prompt is empty: nothing to continue".into(),
+            ));
         }
         let common = self
             .cached
@@ -245,7 +259,12 @@ impl<'w, B: Backend> Session<'w, B> {
             held.push_str(&stream.push(bytes));
             // Hand out what can no longer be part of a stop string.
             let mut stopped = false;
-            let release = match params.stop.iter().filter_map(|s| held.find(s.as_str())).min() {
+            let release = match params
+                .stop
+                .iter()
+                .filter_map(|s| held.find(s.as_str()))
+                .min()
+            {
                 Some(at) => {
                     stopped = true;
                     at
@@ -296,9 +315,7 @@ impl<'w, B: Backend> Session<'w, B> {
 fn safe_prefix(held: &str, stops: &[String], longest: usize) -> usize {
     let from = held.len().saturating_sub(longest.saturating_sub(1));
     for start in from..held.len() {
-        if held.is_char_boundary(start)
-            && stops.iter().any(|s| s.starts_with(&held[start..]))
-        {
+        if held.is_char_boundary(start) && stops.iter().any(|s| s.starts_with(&held[start..])) {
             return start;
         }
     }

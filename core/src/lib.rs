@@ -13,11 +13,14 @@
 )]
 
 extern crate alloc;
+// The tokenizer and templates need Rust's standard library (not files): wasm32 has it.
+#[cfg(all(feature = "tokenizer", not(feature = "std")))]
+extern crate std;
 
 pub mod backend;
-pub mod check;
 #[cfg(feature = "tokenizer")]
 pub mod chat_template;
+pub mod check;
 #[cfg(feature = "std")]
 pub mod convert;
 pub mod dtype;

@@ -230,7 +230,9 @@ mod tests {
     use super::*;
 
     fn logits() -> Vec<f32> {
-        (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect()
+        (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect()
     }
 
     #[test]
@@ -254,7 +256,9 @@ mod tests {
         };
         let draw = |config: SamplerConfig| {
             let mut s = Sampler::new(config);
-            (0..50).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits(), &[]))
+                .collect::<Vec<_>>()
         };
         let a = draw(config.clone());
         assert_eq!(a, draw(config.clone()));
@@ -276,18 +280,27 @@ mod tests {
         let l = logits();
         let mut order: Vec<u32> = (0..l.len() as u32).collect();
         order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]));
-        let mut s = Sampler::new(SamplerConfig { top_k: 3, ..base.clone() });
+        let mut s = Sampler::new(SamplerConfig {
+            top_k: 3,
+            ..base.clone()
+        });
         for _ in 0..200 {
             assert!(order[..3].contains(&s.sample(&mut l.clone(), &[])));
         }
         // min-p 0.5 keeps logits within ln 2 of the best: 9.99, 9.98, ... down to 9.30.
-        let mut s = Sampler::new(SamplerConfig { min_p: 0.5, ..base.clone() });
+        let mut s = Sampler::new(SamplerConfig {
+            min_p: 0.5,
+            ..base.clone()
+        });
         for _ in 0..200 {
             let t = s.sample(&mut l.clone(), &[]);
             assert!(l[t as usize] >= 9.99 - core::f32::consts::LN_2);
         }
         // A tiny top-p keeps only the best.
-        let mut s = Sampler::new(SamplerConfig { top_p: 1e-6, ..base });
+        let mut s = Sampler::new(SamplerConfig {
+            top_p: 1e-6,
+            ..base
+        });
         assert_eq!(s.sample(&mut l.clone(), &[]), order[0]);
     }
 
@@ -304,9 +317,30 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        assert!(SamplerConfig { temperature: -1.0, ..SamplerConfig::default() }.validate().is_err());
-        assert!(SamplerConfig { top_p: 0.0, ..SamplerConfig::default() }.validate().is_err());
-        assert!(SamplerConfig { min_p: 2.0, ..SamplerConfig::default() }.validate().is_err());
+        assert!(
+            SamplerConfig {
+                temperature: -1.0,
+                ..SamplerConfig::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplerConfig {
+                top_p: 0.0,
+                ..SamplerConfig::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplerConfig {
+                min_p: 2.0,
+                ..SamplerConfig::default()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(SamplerConfig::default().validate().is_ok());
     }
 }

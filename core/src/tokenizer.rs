@@ -56,7 +56,9 @@ fn tok_error(e: impl core::fmt::Display) -> Error {
 /// GPT-2's byte-to-character map, inverted: the byte each vocabulary character stands for.
 fn byte_of_char(c: char) -> Option<u8> {
     let c = c as u32;
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
     if c < 256 && printable(c) {
         return Some(c as u8);
     }
@@ -97,7 +99,10 @@ impl Tokenizer {
                 *piece = t.content.as_bytes().to_vec();
                 control[id] = t.special;
             } else if let Some(text) = parsing.id_to_token(id32) {
-                *piece = text.chars().map(|c| byte_of_char(c).unwrap_or(b'?')).collect();
+                *piece = text
+                    .chars()
+                    .map(|c| byte_of_char(c).unwrap_or(b'?'))
+                    .collect();
             }
         }
         let end_of_generation = (0..size as u32)
@@ -175,7 +180,9 @@ impl Tokenizer {
 
     /// The id of a control or added token given by its text.
     pub fn special_id(&self, text: &str) -> Option<u32> {
-        self.parsing.get_added_vocabulary().token_to_id(text, self.parsing.get_model())
+        self.parsing
+            .get_added_vocabulary()
+            .token_to_id(text, self.parsing.get_model())
     }
 
     /// Ids that end generation (`<|im_end|>`, `<|endoftext|>`, the file's EOS).
@@ -259,8 +266,10 @@ mod tests {
         assert_eq!(byte_of_char('ĉ'), Some(b'\t'));
         assert_eq!(byte_of_char('\u{0100}'), Some(0));
         assert_eq!(byte_of_char('\u{0143}'), Some(0xad));
-        let all: alloc::collections::BTreeSet<u8> =
-            (0u32..400).filter_map(char::from_u32).filter_map(byte_of_char).collect();
+        let all: alloc::collections::BTreeSet<u8> = (0u32..400)
+            .filter_map(char::from_u32)
+            .filter_map(byte_of_char)
+            .collect();
         assert_eq!(all.len(), 256);
     }
 

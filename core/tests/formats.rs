@@ -2,7 +2,6 @@
 //! type: quant blocks survive byte for byte, dequantization is exact, metadata survives, and
 //! `verify` agrees.
 
-
 use apr_core::convert::{self, Options, Quantize};
 use apr_core::dtype::GgmlType;
 use apr_core::format::Format;
@@ -26,7 +25,6 @@ const MATRIX_TYPES: [GgmlType; 10] = [
     GgmlType::Q4_K,
     GgmlType::Q6_K,
 ];
-
 
 #[path = "common/convert.rs"]
 mod convert_helper;

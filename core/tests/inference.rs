@@ -29,7 +29,10 @@ fn logits_of(bytes: &[u8], tokens: &[u32]) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -53,7 +56,9 @@ fn issue_4_gguf_and_apr_give_identical_logits_for_every_type() {
             let apr = convert(&gguf, Format::Apr, None, None, c);
             let got = logits_of(&apr, &PROMPT);
             assert!(
-                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{ty} {c:?}: max diff {}",
                 max_diff(&got, &want)
             );
@@ -62,13 +67,20 @@ fn issue_4_gguf_and_apr_give_identical_logits_for_every_type() {
         let st = convert(&gguf, Format::Safetensors, None, None, Compression::None);
         let got = logits_of(&st, &PROMPT);
         let spread = want.iter().fold(0.0f32, |a, l| a.max(l.abs()));
-        assert!(max_diff(&got, &want) <= 0.05 * spread.max(1.0), "{ty}: {}", max_diff(&got, &want));
+        assert!(
+            max_diff(&got, &want) <= 0.05 * spread.max(1.0),
+            "{ty}: {}",
+            max_diff(&got, &want)
+        );
     }
 }
 
 #[test]
 fn issue_4_batched_prompt_equals_token_by_token() {
-    let cfg = Config { separate_lm_head: true, ..Config::default() };
+    let cfg = Config {
+        separate_lm_head: true,
+        ..Config::default()
+    };
     let gguf = synth::gguf(&cfg, GgmlType::Q8_0).unwrap();
     let model = ModelFile::parse(&gguf).unwrap();
     // Longer than one batch, so the prompt runs in two steps.
@@ -104,12 +116,23 @@ fn issue_4_context_is_bounded() {
 
 #[test]
 fn issue_4_config_comes_from_the_file() {
-    let cfg = Config { layers: 3, hidden: 128, heads: 4, kv_heads: 1, ffn: 320, separate_lm_head: false, ..Config::default() };
+    let cfg = Config {
+        layers: 3,
+        hidden: 128,
+        heads: 4,
+        kv_heads: 1,
+        ffn: 320,
+        separate_lm_head: false,
+        ..Config::default()
+    };
     let gguf = synth::gguf(&cfg, GgmlType::F16).unwrap();
     let model = ModelFile::parse(&gguf).unwrap();
     let q = Qwen2::load(&model, Cpu::new(1), 16).unwrap();
     let c = q.config();
-    assert_eq!((c.layers, c.hidden, c.heads, c.kv_heads, c.head_dim, c.ffn), (3, 128, 4, 1, 32, 320));
+    assert_eq!(
+        (c.layers, c.hidden, c.heads, c.kv_heads, c.head_dim, c.ffn),
+        (3, 128, 4, 1, 32, 320)
+    );
     assert!(c.tied);
     // A missing tensor is named.
     let mut m = ModelFile::parse(&gguf).unwrap();
@@ -140,7 +163,10 @@ fn issue_4_tokenizer_of_a_generated_model() {
     assert_eq!(tok.decode(&plain, false).unwrap(), "<|im_end|>");
     // Every byte round-trips, UTF-8 or not.
     let text = "naïve café 日本語 🚀\t\n  x";
-    assert_eq!(tok.decode(&tok.encode(text, true).unwrap(), false).unwrap(), text);
+    assert_eq!(
+        tok.decode(&tok.encode(text, true).unwrap(), false).unwrap(),
+        text
+    );
     assert!(tok.decode(&[9_999_999], false).is_err());
 }
 
@@ -149,7 +175,10 @@ fn issue_4_chat_template_is_the_models_own() {
     let gguf = synth::gguf(&Config::default(), GgmlType::Q8_0).unwrap();
     let (model, _) = session(&gguf);
     let t = ChatTemplate::from_metadata(&model.metadata).unwrap();
-    let msgs = [Message::new(Role::System, "be brief"), Message::new(Role::User, "hi")];
+    let msgs = [
+        Message::new(Role::System, "be brief"),
+        Message::new(Role::User, "hi"),
+    ];
     assert_eq!(
         t.render(&msgs, true).unwrap(),
         "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
@@ -187,43 +216,79 @@ fn issue_4_generation_stops_and_reuses_the_cache() {
     assert_eq!(streamed, out.text);
     assert_eq!(out.text, s.tokenizer().decode(&out.tokens, false).unwrap());
     // The same prompt again: all but its last token come from the cache, and greedy repeats.
-    let again = s.generate(&prompt, &params, |_| ControlFlow::Continue(())).unwrap();
+    let again = s
+        .generate(&prompt, &params, |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(again.cached_tokens, prompt.len() - 1);
     assert_eq!(again.tokens, out.tokens);
     // A longer prompt that extends the conversation reuses it all.
     let mut longer = prompt.clone();
     longer.extend(&out.tokens);
     longer.extend(s.tokenizer().encode(" and", true).unwrap());
-    let cont = s.generate(&longer, &params, |_| ControlFlow::Continue(())).unwrap();
+    let cont = s
+        .generate(&longer, &params, |_| ControlFlow::Continue(()))
+        .unwrap();
     assert!(cont.cached_tokens >= prompt.len() + out.tokens.len() - 1);
     // Stop strings cut the text and are never streamed.
     let stop_at: String = out.text.chars().skip(3).take(2).collect();
     let mut streamed = String::new();
     let cut = s
-        .generate(&prompt, &GenerateParams { stop: vec![stop_at.clone()], ..params.clone() }, |t| {
-            streamed.push_str(t.text);
-            ControlFlow::Continue(())
-        })
+        .generate(
+            &prompt,
+            &GenerateParams {
+                stop: vec![stop_at.clone()],
+                ..params.clone()
+            },
+            |t| {
+                streamed.push_str(t.text);
+                ControlFlow::Continue(())
+            },
+        )
         .unwrap();
     assert_eq!(cut.stop, StopReason::StopString);
     assert_eq!(cut.text, out.text[..out.text.find(&stop_at).unwrap()]);
     assert_eq!(streamed, cut.text);
     // The caller can stop it.
-    let stopped = s.generate(&prompt, &params, |t| {
-        if t.index == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-    }).unwrap();
-    assert_eq!((stopped.stop, stopped.tokens.len()), (StopReason::Cancelled, 3));
+    let stopped = s
+        .generate(&prompt, &params, |t| {
+            if t.index == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        (stopped.stop, stopped.tokens.len()),
+        (StopReason::Cancelled, 3)
+    );
     // A prompt longer than the context fails clearly, or is truncated when asked.
     let long: Vec<u32> = (0..100).map(|i| i % 200).collect();
-    let err = s.generate(&long, &params, |_| ControlFlow::Continue(())).unwrap_err();
+    let err = s
+        .generate(&long, &params, |_| ControlFlow::Continue(()))
+        .unwrap_err();
     assert!(err.to_string().contains("context is full"), "{err}");
     let trunc = s
-        .generate(&long, &GenerateParams { truncate_prompt: true, ..params.clone() }, |_| ControlFlow::Continue(()))
+        .generate(
+            &long,
+            &GenerateParams {
+                truncate_prompt: true,
+                ..params.clone()
+            },
+            |_| ControlFlow::Continue(()),
+        )
         .unwrap();
     assert!(trunc.prompt_tokens < 64);
     // Generation that runs into the end of the cache says so.
     let full = s
-        .generate(&long[..60], &GenerateParams { max_tokens: 50, ..params.clone() }, |_| ControlFlow::Continue(()))
+        .generate(
+            &long[..60],
+            &GenerateParams {
+                max_tokens: 50,
+                ..params.clone()
+            },
+            |_| ControlFlow::Continue(()),
+        )
         .unwrap();
     assert_eq!(full.stop, StopReason::ContextFull);
 }
@@ -234,7 +299,14 @@ fn issue_4_seeded_sampling_is_reproducible_across_formats() {
     let apr = convert(&gguf, Format::Apr, None, None, Compression::Zstd);
     let params = GenerateParams {
         max_tokens: 16,
-        sampler: SamplerConfig { temperature: 1.2, seed: 42, top_k: 0, top_p: 1.0, min_p: 0.0, ..SamplerConfig::default() },
+        sampler: SamplerConfig {
+            temperature: 1.2,
+            seed: 42,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        },
         ignore_eos: true,
         ..GenerateParams::default()
     };
@@ -242,7 +314,9 @@ fn issue_4_seeded_sampling_is_reproducible_across_formats() {
         let (model, tok) = session(bytes);
         let mut s = Session::new(Qwen2::load(&model, Cpu::new(2), 64).unwrap(), tok);
         let p = s.tokenizer().encode("the", true).unwrap();
-        s.generate(&p, params, |_| ControlFlow::Continue(())).unwrap().tokens
+        s.generate(&p, params, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .tokens
     };
     let a = run(&gguf, &params);
     assert_eq!(a, run(&apr, &params));

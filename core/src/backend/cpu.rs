@@ -213,7 +213,7 @@ impl Backend for Cpu {
         let row_bytes = data
             .dtype
             .bytes_for(data.cols as u64)
-            .filter(|_| data.cols as u64 % data.dtype.block_size() == 0)
+            .filter(|_| (data.cols as u64).is_multiple_of(data.dtype.block_size()))
             .ok_or_else(|| {
                 bad(alloc::format!(
                     "rows of {} values are not whole {} blocks",
@@ -308,7 +308,14 @@ impl Backend for Cpu {
         // Small products are not worth a thread.
         let threads = if m * k < 1 << 16 { 1 } else { self.threads };
         split_work(threads, transposed, rows, |first, chunk| {
-            let mut scratch = vec![0f32; if ActKind::for_weight(w.dtype()) == ActKind::F32 { k } else { 0 }];
+            let mut scratch = vec![
+                0f32;
+                if ActKind::for_weight(w.dtype()) == ActKind::F32 {
+                    k
+                } else {
+                    0
+                }
+            ];
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             if std::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU has AVX2, checked just above.
@@ -411,7 +418,11 @@ impl Backend for Cpu {
         let values = slice(v_cache, (pos0 + rows) * kv_width, "V cache")?;
         let out = slice_mut(out, rows * width, "attention output")?;
         let scale = 1.0 / libm::sqrtf(head_dim as f32);
-        let threads = if rows * (pos0 + rows) < 256 { 1 } else { self.threads };
+        let threads = if rows * (pos0 + rows) < 256 {
+            1
+        } else {
+            self.threads
+        };
         // One item is one (row, head) pair's output.
         split_work(threads, out, head_dim, |first, chunk| {
             let mut q16 = vec![0f32; head_dim];
@@ -421,13 +432,19 @@ impl Backend for Cpu {
                 let item = first + n;
                 let (i, h) = (item / heads, item % heads);
                 let kvh = h / group;
-                for (d, &v) in q16.iter_mut().zip(&q[i * width + h * head_dim..][..head_dim]) {
+                for (d, &v) in q16
+                    .iter_mut()
+                    .zip(&q[i * width + h * head_dim..][..head_dim])
+                {
                     *d = f16_round(v);
                 }
                 attend_one(
                     &q16,
                     |t| {
-                        for (d, &v) in k16.iter_mut().zip(&keys[t * kv_width + kvh * head_dim..][..head_dim]) {
+                        for (d, &v) in k16
+                            .iter_mut()
+                            .zip(&keys[t * kv_width + kvh * head_dim..][..head_dim])
+                        {
                             *d = f16_round(v);
                         }
                         crate::quant::dot::dot_f32(&q16, &k16) * scale

@@ -64,8 +64,12 @@ pub trait Backend {
     fn read(&mut self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
 
     /// `out[i, :] = table[tokens[i], :]`, decoded to f32.
-    fn embed(&mut self, table: &Self::Matrix<'_>, tokens: &[u32], out: &mut Self::Buf)
-    -> Result<()>;
+    fn embed(
+        &mut self,
+        table: &Self::Matrix<'_>,
+        tokens: &[u32],
+        out: &mut Self::Buf,
+    ) -> Result<()>;
     /// `out[i, :] = x[i, :] / rms(x[i, :]) * weight`, over rows of `weight`'s length.
     fn rms_norm(
         &mut self,

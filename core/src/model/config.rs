@@ -52,9 +52,9 @@ impl Config {
             None => return Err(Error::Invalid("the file names no architecture".into())),
         }
         let need = |key: &str| -> Result<usize> {
-            let v = m.arch_u64(key).ok_or_else(|| {
-                Error::Invalid(format!("metadata has no qwen2.{key}"))
-            })?;
+            let v = m
+                .arch_u64(key)
+                .ok_or_else(|| Error::Invalid(format!("metadata has no qwen2.{key}")))?;
             usize::try_from(v)
                 .ok()
                 .filter(|&v| v > 0 && v <= 1 << 24)
@@ -71,14 +71,20 @@ impl Config {
         let context = need("context_length")?;
         let bad = |why: String| Error::Invalid(why);
         if hidden % heads != 0 {
-            return Err(bad(format!("hidden size {hidden} is not a multiple of {heads} heads")));
+            return Err(bad(format!(
+                "hidden size {hidden} is not a multiple of {heads} heads"
+            )));
         }
         if heads % kv_heads != 0 {
-            return Err(bad(format!("{heads} heads are not a multiple of {kv_heads} KV heads")));
+            return Err(bad(format!(
+                "{heads} heads are not a multiple of {kv_heads} KV heads"
+            )));
         }
         let head_dim = hidden / heads;
         if head_dim % 2 != 0 {
-            return Err(bad(format!("head size {head_dim} is odd; RoPE needs pairs")));
+            return Err(bad(format!(
+                "head size {head_dim} is odd; RoPE needs pairs"
+            )));
         }
         let embd = model
             .tensor("token_embd.weight")
@@ -94,7 +100,9 @@ impl Config {
             .arch_f32("attention.layer_norm_rms_epsilon")
             .unwrap_or(1e-6);
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
-            return Err(bad(format!("rope.freq_base {rope_theta} is not a usable base")));
+            return Err(bad(format!(
+                "rope.freq_base {rope_theta} is not a usable base"
+            )));
         }
         if !(eps.is_finite() && eps > 0.0) {
             return Err(bad(format!("RMSNorm epsilon {eps} is not positive")));

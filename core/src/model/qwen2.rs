@@ -117,20 +117,20 @@ pub enum Logits {
 }
 
 struct Block<'w, B: Backend> {
-    attn_norm: B::Buf,   // [hidden]
-    wq: B::Matrix<'w>,   // [hidden, hidden]
-    bq: B::Buf,          // [hidden]
-    wk: B::Matrix<'w>,   // [kv_width, hidden]
-    bk: B::Buf,          // [kv_width]
-    wv: B::Matrix<'w>,   // [kv_width, hidden]
-    bv: B::Buf,          // [kv_width]
-    wo: B::Matrix<'w>,   // [hidden, hidden]
-    ffn_norm: B::Buf,    // [hidden]
+    attn_norm: B::Buf,     // [hidden]
+    wq: B::Matrix<'w>,     // [hidden, hidden]
+    bq: B::Buf,            // [hidden]
+    wk: B::Matrix<'w>,     // [kv_width, hidden]
+    bk: B::Buf,            // [kv_width]
+    wv: B::Matrix<'w>,     // [kv_width, hidden]
+    bv: B::Buf,            // [kv_width]
+    wo: B::Matrix<'w>,     // [hidden, hidden]
+    ffn_norm: B::Buf,      // [hidden]
     w_gate: B::Matrix<'w>, // [ffn, hidden]
     w_up: B::Matrix<'w>,   // [ffn, hidden]
     w_down: B::Matrix<'w>, // [hidden, ffn]
-    k_cache: B::Buf,     // [ctx, kv_width]
-    v_cache: B::Buf,     // [ctx, kv_width]
+    k_cache: B::Buf,       // [ctx, kv_width]
+    v_cache: B::Buf,       // [ctx, kv_width]
 }
 
 /// Activations for one batch, allocated once.
@@ -153,9 +153,9 @@ pub struct Qwen2<'w, B: Backend> {
     backend: B,
     ctx: usize,
     pos: usize,
-    embed: B::Matrix<'w>,         // [vocab, hidden]
+    embed: B::Matrix<'w>,           // [vocab, hidden]
     lm_head: Option<B::Matrix<'w>>, // [vocab, hidden]; None when tied to `embed`
-    output_norm: B::Buf,          // [hidden]
+    output_norm: B::Buf,            // [hidden]
     blocks: Vec<Block<'w, B>>,
     s: Scratch<B>,
 }
@@ -200,12 +200,20 @@ fn matrix<'w, B: Backend>(
     })
 }
 
-fn vector<B: Backend>(backend: &mut B, model: &ModelFile<'_>, name: &str, len: usize) -> Result<B::Buf> {
+fn vector<B: Backend>(
+    backend: &mut B,
+    model: &ModelFile<'_>,
+    name: &str,
+    len: usize,
+) -> Result<B::Buf> {
     let t = model
         .tensor(name)
         .ok_or_else(|| tensor_error(name, "missing"))?;
     if t.shape != [len as u64] {
-        return Err(tensor_error(name, &format!("shape {:?}, expected [{len}]", t.shape)));
+        return Err(tensor_error(
+            name,
+            &format!("shape {:?}, expected [{len}]", t.shape),
+        ));
     }
     let v = decode_vector(t.dtype, &t.decode()?, len)
         .map_err(|e| tensor_error(name, &format!("{e}")))?;
@@ -353,20 +361,14 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             self.step(chunk, logit_rows, obs)?;
             let start = out.len();
             out.resize(start + logit_rows * vocab, 0.0);
-            self.backend
-                .read(&self.s.logits, 0, &mut out[start..])?;
+            self.backend.read(&self.s.logits, 0, &mut out[start..])?;
         }
         Ok(out)
     }
 
     /// One batch of up to [`BATCH`] positions; the logits of the last `logit_rows` rows land in
     /// `s.logits`.
-    fn step(
-        &mut self,
-        tokens: &[u32],
-        logit_rows: usize,
-        obs: &mut dyn Observer,
-    ) -> Result<()> {
+    fn step(&mut self, tokens: &[u32], logit_rows: usize, obs: &mut dyn Observer) -> Result<()> {
         let Config {
             hidden,
             heads,
@@ -392,19 +394,23 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             }};
         }
         let mut first_row = Vec::new();
-        let mut report = |bk: &mut B, x: &B::Buf, layer: usize, obs: &mut dyn Observer| -> Result<()> {
-            if obs.wants_hidden() {
-                first_row.resize(hidden, 0.0);
-                bk.read(x, 0, &mut first_row)?;
-                obs.hidden(layer, &first_row);
-            }
-            Ok(())
-        };
+        let mut report =
+            |bk: &mut B, x: &B::Buf, layer: usize, obs: &mut dyn Observer| -> Result<()> {
+                if obs.wants_hidden() {
+                    first_row.resize(hidden, 0.0);
+                    bk.read(x, 0, &mut first_row)?;
+                    obs.hidden(layer, &first_row);
+                }
+                Ok(())
+            };
 
         op!(Op::Embed, bk.embed(&self.embed, tokens, &mut s.x));
         report(bk, &s.x, 0, obs)?;
         for (l, b) in self.blocks.iter_mut().enumerate() {
-            op!(Op::RmsNorm, bk.rms_norm(&s.x, &b.attn_norm, eps, rows, &mut s.xn));
+            op!(
+                Op::RmsNorm,
+                bk.rms_norm(&s.x, &b.attn_norm, eps, rows, &mut s.xn)
+            );
             op!(Op::Qkv, {
                 bk.matmul(&b.wq, &s.xn, rows, &mut s.q)?;
                 bk.add_bias(&mut s.q, &b.bq, rows)?;
@@ -428,16 +434,25 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 kv_heads,
                 head_dim,
             };
-            op!(Op::Attention, bk.attention(&s.q, &b.k_cache, &b.v_cache, shape, &mut s.att));
+            op!(
+                Op::Attention,
+                bk.attention(&s.q, &b.k_cache, &b.v_cache, shape, &mut s.att)
+            );
             op!(Op::AttnOutput, bk.matmul(&b.wo, &s.att, rows, &mut s.proj));
             op!(Op::Residual, bk.add(&mut s.x, &s.proj, rows * hidden));
-            op!(Op::RmsNorm, bk.rms_norm(&s.x, &b.ffn_norm, eps, rows, &mut s.xn));
+            op!(
+                Op::RmsNorm,
+                bk.rms_norm(&s.x, &b.ffn_norm, eps, rows, &mut s.xn)
+            );
             op!(Op::FfnGateUp, {
                 bk.matmul(&b.w_gate, &s.xn, rows, &mut s.gate)?;
                 bk.matmul(&b.w_up, &s.xn, rows, &mut s.up)
             });
             op!(Op::SiluMul, bk.silu_mul(&mut s.gate, &s.up, rows * ffn));
-            op!(Op::FfnDown, bk.matmul(&b.w_down, &s.gate, rows, &mut s.proj));
+            op!(
+                Op::FfnDown,
+                bk.matmul(&b.w_down, &s.gate, rows, &mut s.proj)
+            );
             op!(Op::Residual, bk.add(&mut s.x, &s.proj, rows * hidden));
             report(bk, &s.x, l + 1, obs)?;
         }
@@ -446,7 +461,10 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             return Ok(());
         }
         // Only the rows whose logits are wanted go through the LM head.
-        op!(Op::RmsNorm, bk.rms_norm(&s.x, &self.output_norm, eps, rows, &mut s.xn));
+        op!(
+            Op::RmsNorm,
+            bk.rms_norm(&s.x, &self.output_norm, eps, rows, &mut s.xn)
+        );
         let skip = rows - logit_rows;
         let normed = if skip == 0 {
             &s.xn
@@ -455,7 +473,10 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             &s.att
         };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        op!(Op::LmHead, bk.matmul(head, normed, logit_rows, &mut s.logits));
+        op!(
+            Op::LmHead,
+            bk.matmul(head, normed, logit_rows, &mut s.logits)
+        );
         Ok(())
     }
 }

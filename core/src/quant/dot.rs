@@ -194,7 +194,12 @@ pub fn quantize_q8_k(x: &[f32; QK_K], y: &mut BlockQ8K) {
 /// `ActKind::for_weight(ty)`'s encoding. `scratch` must hold a row of f32 for the types decoded
 /// to f32 first.
 #[inline(always)]
-pub fn dot(ty: GgmlType, row: &[u8], x: ActRow<'_>, scratch: &mut [f32]) -> Result<f32, QuantError> {
+pub fn dot(
+    ty: GgmlType,
+    row: &[u8],
+    x: ActRow<'_>,
+    scratch: &mut [f32],
+) -> Result<f32, QuantError> {
     let mismatch = |elements| QuantError::SizeMismatch {
         ty,
         bytes: row.len(),
@@ -299,12 +304,11 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 /// `ggml_vec_dot_q8_0_q8_0_generic`, one block.
 #[inline(always)]
 fn dot_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> f32 {
-    let sumi: i32 = x
-        .qs
-        .iter()
-        .zip(&y.qs)
-        .map(|(&a, &b)| i32::from(a) * i32::from(b))
-        .sum();
+    let sumi: i32 =
+        x.qs.iter()
+            .zip(&y.qs)
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
     sumi as f32 * (f16_to_f32(x.d) * f16_to_f32(y.d))
 }
 
@@ -470,7 +474,9 @@ mod tests {
     #[test]
     fn integer_kernels_match_the_decoded_product() {
         use GgmlType::*;
-        for ty in [Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, F32, F16, BF16, Q4_1, Q5_1] {
+        for ty in [
+            Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, F32, F16, BF16, Q4_1, Q5_1,
+        ] {
             for seed in 1..6u64 {
                 let n = 512;
                 let mut r = rng(seed * 31 + ty as u64);
@@ -510,10 +516,18 @@ mod tests {
                         .flat_map(|b| b.qs.iter().map(move |&q| f32::from(q) * b.d))
                         .collect(),
                 };
-                let want: f64 = wd.iter().zip(&xd).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                let want: f64 = wd
+                    .iter()
+                    .zip(&xd)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
                 let mut scratch = vec![0f32; n];
                 let got = dot(ty, &wq, acts.row(0).unwrap(), &mut scratch).unwrap();
-                let scale: f64 = wd.iter().zip(&xd).map(|(a, b)| f64::from((a * b).abs())).sum();
+                let scale: f64 = wd
+                    .iter()
+                    .zip(&xd)
+                    .map(|(a, b)| f64::from((a * b).abs()))
+                    .sum();
                 assert!(
                     (f64::from(got) - want).abs() <= 1e-5 * scale + 1e-6,
                     "{ty:?} seed {seed}: {got} vs {want}"
@@ -528,10 +542,16 @@ mod tests {
         let x: [f32; QK_K] = core::array::from_fn(|_| r() * 5.0);
         let mut b = BlockQ8K::zeroed();
         quantize_q8_k(&x, &mut b);
-        let max = x.iter().copied().fold(0.0f32, |a, v| if v.abs() > a.abs() { v } else { a });
+        let max = x
+            .iter()
+            .copied()
+            .fold(0.0f32, |a, v| if v.abs() > a.abs() { v } else { a });
         assert_eq!(b.d, 1.0 / (-127.0 / max));
         for (g, s) in b.bsums.iter().enumerate() {
-            let want: i16 = b.qs[16 * g..16 * g + 16].iter().map(|&q| i16::from(q)).sum();
+            let want: i16 = b.qs[16 * g..16 * g + 16]
+                .iter()
+                .map(|&q| i16::from(q))
+                .sum();
             assert_eq!(*s, want);
         }
         for (q, v) in b.qs.iter().zip(&x) {

@@ -63,7 +63,14 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
                 let text = cmd["/system".len()..].trim();
                 system = (!text.is_empty()).then(|| text.to_owned());
                 history.clear();
-                eprintln!("apr: system prompt {}; conversation cleared", if system.is_some() { "set" } else { "reset to the template's" });
+                eprintln!(
+                    "apr: system prompt {}; conversation cleared",
+                    if system.is_some() {
+                        "set"
+                    } else {
+                        "reset to the template's"
+                    }
+                );
                 continue;
             }
             _ => {}
@@ -79,7 +86,10 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         let mut out = io::stdout().lock();
         let mut write_error = None;
         let outcome = session.generate(&ids, &params, |token| {
-            if let Err(e) = out.write_all(token.text.as_bytes()).and_then(|()| out.flush()) {
+            if let Err(e) = out
+                .write_all(token.text.as_bytes())
+                .and_then(|()| out.flush())
+            {
                 write_error = Some(e);
                 return ControlFlow::Break(());
             }

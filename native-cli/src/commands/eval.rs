@@ -32,7 +32,10 @@ struct PerplexityReport {
 fn nll(logits: &[f32], target: u32) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    let l = logits.get(target as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let l = logits
+        .get(target as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
     sum.ln() - f64::from(l - max)
 }
 
@@ -68,7 +71,10 @@ pub(crate) fn perplexity(args: PerplexityArgs) -> Result<()> {
         // The first half only builds the cache.
         qwen.forward(&window[..first], Logits::Last)?;
         // Logits at positions first..ctx-1 predict the tokens after them.
-        for (i, piece) in window[first..ctx - 1].chunks(apr_core::model::qwen2::BATCH).enumerate() {
+        for (i, piece) in window[first..ctx - 1]
+            .chunks(apr_core::model::qwen2::BATCH)
+            .enumerate()
+        {
             let logits = qwen.forward(piece, Logits::All)?;
             for (j, row) in logits.chunks_exact(vocab).enumerate() {
                 let pos = first + i * apr_core::model::qwen2::BATCH + j;

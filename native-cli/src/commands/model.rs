@@ -75,7 +75,11 @@ pub(crate) fn threads(flag: Option<u16>) -> usize {
 }
 
 /// The model on the CPU, with a KV cache of `ctx` positions.
-pub(crate) fn load<'w>(model: &ModelFile<'w>, threads: usize, ctx: usize) -> Result<Qwen2<'w, Cpu>> {
+pub(crate) fn load<'w>(
+    model: &ModelFile<'w>,
+    threads: usize,
+    ctx: usize,
+) -> Result<Qwen2<'w, Cpu>> {
     Qwen2::load(model, Cpu::new(threads), ctx).context("cannot load the model")
 }
 

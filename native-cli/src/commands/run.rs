@@ -106,7 +106,9 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
                 outcome.tokens.len(),
                 timings.decode_tokens_per_s,
                 timings.ttft_ms,
-                serde_json::to_value(outcome.stop)?.as_str().unwrap_or_default()
+                serde_json::to_value(outcome.stop)?
+                    .as_str()
+                    .unwrap_or_default()
             );
         }
         if CANCELLED.load(Ordering::SeqCst) {
@@ -137,7 +139,9 @@ fn generate_one(
             first = Some(Instant::now());
         }
         if !args.json
-            && let Err(e) = out.write_all(token.text.as_bytes()).and_then(|()| out.flush())
+            && let Err(e) = out
+                .write_all(token.text.as_bytes())
+                .and_then(|()| out.flush())
         {
             write_error = Some(e);
             return ControlFlow::Break(());
@@ -160,7 +164,13 @@ fn generate_one(
     let prompt_ms = (first - start).as_secs_f64() * 1e3;
     let decode_ms = (end - first).as_secs_f64() * 1e3;
     let evaluated = outcome.prompt_tokens - outcome.cached_tokens;
-    let timings = Timings::new(load_ms, prompt_ms, decode_ms, evaluated, outcome.tokens.len());
+    let timings = Timings::new(
+        load_ms,
+        prompt_ms,
+        decode_ms,
+        evaluated,
+        outcome.tokens.len(),
+    );
     Ok((outcome, timings))
 }
 

@@ -150,10 +150,16 @@ pub(crate) fn run(args: TraceArgs) -> Result<()> {
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     let top_n = args.top.clamp(1, logits.len());
     order.select_nth_unstable_by(top_n - 1, |&a, &b| {
-        logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b))
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
     });
     order.truncate(top_n);
-    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     let top: Vec<Candidate> = order
         .iter()
         .map(|&id| Candidate {
