@@ -27,17 +27,13 @@ fn reference(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reference")).join(name)
 }
 
-/// First-position logits of prompt (b) against llama.cpp's whole logit vector.
-///
-/// The issue asks for a max abs difference under 0.1; this implementation reaches about 0.47
-/// (mean 0.073) with the argmax equal. An exact f64 NumPy forward pass over the same dequantized
-/// weights is itself 0.50 away from llama.cpp (mean 0.08), and ours without activation
-/// quantization matches that exact pass to 1e-5: the residual is llama.cpp's own rounding
-/// (Q8 activations, f16 KV, its SIMD summation order), amplified by Qwen2's outlier activations.
-/// The bound below holds what is measured, so a regression shows; see the issue note.
+/// First-position logits of prompt (b) against llama.cpp's whole logit vector: within 0.1 (the
+/// issue's bar). The CPU backend follows llama.cpp's x86 arithmetic operation for operation
+/// (activation quantization, lane sums and fused multiply-adds, f16 flash attention, its SiLU
+/// exponential), and the logits come out identical; a difference means a kernel drifted.
 #[test]
 #[ignore = "needs the real model (scripts/fetch_model.py); CI runs it"]
-fn issue_4_first_logits_against_llama_cpp() {
+fn issue_4_first_logits_match_llama_cpp() {
     let file = MappedFile::open(real_model()).unwrap();
     let parsed = file.model().unwrap();
     let mut model = Qwen2::load(&parsed, Cpu::new(2), 64).unwrap();
@@ -50,26 +46,17 @@ fn issue_4_first_logits_against_llama_cpp() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(logits.len(), want.len());
-    let diffs: Vec<f32> = logits
+    let max = logits
         .iter()
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
-        .collect();
-    let max = diffs.iter().copied().fold(0.0f32, f32::max);
-    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
-    let argmax = apr_core::sample::argmax;
-    eprintln!("first logits vs llama.cpp: max abs diff {max}, mean {mean}");
-    assert_eq!(argmax(&logits), argmax(&want));
-    // The top logit itself is 0.11 away.
-    let top = argmax(&want) as usize;
-    assert!(
-        (logits[top] - want[top]).abs() < 0.25,
-        "{} vs {}",
-        logits[top],
-        want[top]
+        .fold(0.0f32, f32::max);
+    eprintln!("first logits vs llama.cpp: max abs diff {max}");
+    assert!(max < 0.1, "max abs diff {max}");
+    assert_eq!(
+        apr_core::sample::argmax(&logits),
+        apr_core::sample::argmax(&want)
     );
-    assert!(mean < 0.1, "mean abs diff {mean}");
-    assert!(max < 0.6, "max abs diff {max}");
 }
 
 fn json(path: PathBuf) -> serde_json::Value {

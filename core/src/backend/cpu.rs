@@ -1,6 +1,11 @@
 //! The CPU backend: f32 activations in `Vec`s, weights borrowed from the mapped file, every
 //! matrix multiply through the scalar reference kernels of [`crate::quant::dot`].
 //!
+//! The other ops follow llama.cpp's CPU arithmetic too, so that its logits come out identical:
+//! flash attention over an f16 cache with f16 value sums, RMSNorm summing `x * x` in f64, RoPE
+//! with the fused multiply-adds that llama.cpp's C gets from its compiler, and SiLU through
+//! `ggml_v_expf`.
+//!
 //! With the `std` feature the matrix multiplies and attention are split over `threads` scoped
 //! threads; without it everything runs on the calling thread.
 
@@ -48,6 +53,67 @@ fn f16_round(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
+/// `e^x` correctly rounded to f32 (through f64), as glibc's `expf` gives it in all but the rarest
+/// cases; the `libm` crate's f32 version is up to 1 ulp away, which changes attention weights.
+#[inline]
+fn expf(x: f32) -> f32 {
+    libm::exp(f64::from(x)) as f32
+}
+
+/// `ggml_v_expf`, the exponential of llama.cpp's vectorised SiLU (the ARM optimized-routines
+/// polynomial, at most 1.5 ulp from `e^x`), lane by lane. llama.cpp's activations, and so its
+/// logits, follow this approximation rather than a correctly rounded `expf`.
+fn ggml_v_expf(x: f32) -> f32 {
+    let c = f32::from_bits;
+    let r = c(0x4b40_0000); // 0x1.8p23
+    let z = libm::fmaf(x, c(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = libm::fmaf(-n, c(0x35bf_be8e), libm::fmaf(-n, c(0x3f31_7200), x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = libm::fmaf(
+        libm::fmaf(
+            libm::fmaf(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            libm::fmaf(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        libm::fmaf(c(0x3f7f_fff6), b, 1.0),
+    );
+    // `_mm512_scalef_ps`: j * 2^n, n a whole number here.
+    libm::ldexpf(j, n as i32)
+}
+
+/// `ggml_vec_dot_f16` as llama.cpp's AVX-512 build sums it: four accumulators of 16 lanes take
+/// fused multiply-adds over each run of 64 values, then fold pairwise (0+2, 1+3, 0+1) and across
+/// lanes as `_mm512_reduce_add_ps` does; values past the last whole run are added in f64. The
+/// inputs are f16 values held in f32. A fixed order, so every platform gets the same scores.
+fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [[0f32; 16]; 4];
+    let (xs, ys) = (x.chunks_exact(64), y.chunks_exact(64));
+    let (xr, yr) = (xs.remainder(), ys.remainder());
+    for (a, b) in xs.zip(ys) {
+        for (j, lanes) in acc.iter_mut().enumerate() {
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                *lane = libm::fmaf(a[16 * j + l], b[16 * j + l], *lane);
+            }
+        }
+    }
+    let mut v = [0f32; 16];
+    for l in 0..16 {
+        v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let h8: [f32; 8] = core::array::from_fn(|l| v[l + 8] + v[l]);
+    let h4: [f32; 4] = core::array::from_fn(|l| h8[l + 4] + h8[l]);
+    let mut sum = f64::from((h4[0] + h4[2]) + (h4[1] + h4[3]));
+    for (a, b) in xr.iter().zip(yr) {
+        sum += f64::from(a * b);
+    }
+    sum as f32
+}
+
 /// One query row of `ggml_compute_forward_flash_attn_ext_f16_one_chunk` with an f16 cache:
 /// online softmax over positions `0..len`, the value sum accumulated in f16. `out` gets the
 /// attention output.
@@ -64,18 +130,19 @@ fn attend_one<'v>(
         let s = score(t);
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > max {
-            ms = libm::expf(max - s);
+            ms = expf(max - s);
             max = s;
             for acc in out.iter_mut() {
                 *acc = f16_round(*acc * ms);
             }
         } else {
-            vs = libm::expf(s - max);
+            vs = expf(s - max);
         }
+        // `ggml_vec_mad_f16`: one fused multiply-add per value, rounded to f16.
         for (acc, &v) in out.iter_mut().zip(value(t)) {
-            *acc = f16_round(*acc + f16_round(v) * vs);
+            *acc = f16_round(libm::fmaf(f16_round(v), vs, *acc));
         }
-        sum = sum * ms + vs;
+        sum = libm::fmaf(sum, ms, vs);
     }
     let inv = 1.0 / sum;
     for acc in out.iter_mut() {
@@ -279,7 +346,7 @@ impl Backend for Cpu {
         let x = slice(x, rows * n, "rms_norm")?;
         let out = slice_mut(out, rows * n, "rms_norm")?;
         for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let sum: f64 = xr.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
             let mean = (sum / n as f64) as f32;
             let scale = 1.0 / libm::sqrtf(mean + eps);
             for ((y, &v), &w) in yr.iter_mut().zip(xr).zip(weight) {
@@ -368,8 +435,9 @@ impl Backend for Cpu {
                 let (a, b) = head.split_at_mut(half);
                 for ((x0, x1), &(c, s)) in a.iter_mut().zip(b.iter_mut()).zip(&cos_sin) {
                     let (v0, v1) = (*x0, *x1);
-                    *x0 = v0 * c - v1 * s;
-                    *x1 = v0 * s + v1 * c;
+                    // llama.cpp's C, built with FMA, contracts the first product of each.
+                    *x0 = libm::fmaf(v0, c, -(v1 * s));
+                    *x1 = libm::fmaf(v0, s, v1 * c);
                 }
             }
         }
@@ -447,7 +515,7 @@ impl Backend for Cpu {
                         {
                             *d = f16_round(v);
                         }
-                        crate::quant::dot::dot_f32(&q16, &k16) * scale
+                        dot_f16_ggml(&q16, &k16) * scale
                     },
                     |t| &values[t * kv_width + kvh * head_dim..][..head_dim],
                     pos0 + i + 1,
@@ -459,12 +527,13 @@ impl Backend for Cpu {
         })
     }
 
-    /// `ggml_vec_swiglu_f32`: `silu(g) * u` with `silu(g) = g / (1 + e^-g)`.
+    /// `ggml_vec_swiglu_f32`: `silu(g) * u` with `silu(g) = g / (1 + e^-g)`, `e^x` as
+    /// [`ggml_v_expf`] computes it.
     fn silu_mul(&mut self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         let g = slice_mut(gate, len, "silu_mul")?;
         let u = slice(up, len, "silu_mul")?;
         for (g, &u) in g.iter_mut().zip(u) {
-            *g = *g / (1.0 + libm::expf(-*g)) * u;
+            *g = *g / (1.0 + ggml_v_expf(-*g)) * u;
         }
         Ok(())
     }

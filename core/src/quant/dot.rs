@@ -7,8 +7,13 @@
 //! and what makes its logits agree with llama.cpp's. Every other weight type (F32, and F16, BF16,
 //! Q4_1, Q5_1, Q2_K, Q3_K, decoded to f32 first) takes f32 activations.
 //!
-//! Each kernel names the `ggml_vec_dot_*_generic` function it ports; the integer sums are exact,
-//! and the float accumulation follows the same order.
+//! The integer sums are exact. The float side follows llama.cpp's x86 build operation for
+//! operation, because Qwen2's outlier activations turn a one-ulp difference into a different
+//! quantized level a few layers later: Q4_0/Q5_0/Q8_0 and Q6_K keep eight lane sums per block
+//! and fuse each into its own accumulator (`_mm256_fmadd_ps`, then `hsum_float_8`), Q4_K follows
+//! the repacked `gemm`/`gemv` kernels, and Q8_0 activations round half to even with `127 / max`.
+//! Q5_K keeps the order of `ggml_vec_dot_q5_K_q8_K_generic`. The order is fixed here, so every
+//! platform computes the same values.
 
 use alloc::vec::Vec;
 
@@ -62,14 +67,17 @@ pub enum ActRow<'a> {
     F32(&'a [f32]),
     /// Q8_0 blocks.
     Q8_0(&'a [BlockQ8_0]),
-    /// Q8_K super-blocks.
-    Q8K(&'a [BlockQ8K]),
+    /// Q8_K super-blocks, and whether the row is one of a group of four (llama.cpp's repacked
+    /// Q4_K kernels sum rows in groups of four with `gemm` and the rest one by one with `gemv`,
+    /// in different orders).
+    Q8K(&'a [BlockQ8K], bool),
 }
 
 /// Activation rows quantized once and reused against every weight row.
 #[derive(Clone, Debug, Default)]
 pub struct Activations {
     kind: Option<ActKind>,
+    rows: usize,
     cols: usize,
     f32s: Vec<f32>,
     q8_0: Vec<BlockQ8_0>,
@@ -91,6 +99,7 @@ impl Activations {
             elements: rows * cols,
         })?;
         self.kind = Some(kind);
+        self.rows = rows;
         self.cols = cols;
         match kind {
             ActKind::F32 => {
@@ -137,7 +146,10 @@ impl Activations {
             }
             ActKind::Q8K => {
                 let n = c / QK_K;
-                self.q8k.get(r * n..(r + 1) * n).map(ActRow::Q8K)
+                let grouped = r < self.rows - self.rows % 4;
+                self.q8k
+                    .get(r * n..(r + 1) * n)
+                    .map(|b| ActRow::Q8K(b, grouped))
             }
         }
     }
@@ -206,12 +218,12 @@ pub fn dot(
         elements,
     };
     match (ty, x) {
-        (GgmlType::Q8_0, ActRow::Q8_0(y)) => blocks(row, y, dot_q8_0),
-        (GgmlType::Q5_0, ActRow::Q8_0(y)) => blocks(row, y, dot_q5_0),
-        (GgmlType::Q4_0, ActRow::Q8_0(y)) => blocks(row, y, dot_q4_0),
-        (GgmlType::Q4_K, ActRow::Q8K(y)) => k_blocks(row, y, dot_q4_k),
-        (GgmlType::Q5_K, ActRow::Q8K(y)) => k_blocks(row, y, dot_q5_k),
-        (GgmlType::Q6_K, ActRow::Q8K(y)) => k_blocks(row, y, dot_q6_k),
+        (GgmlType::Q8_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q8_0),
+        (GgmlType::Q5_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q5_0),
+        (GgmlType::Q4_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q4_0),
+        (GgmlType::Q4_K, ActRow::Q8K(y, grouped)) => q4_k_repacked(row, y, grouped),
+        (GgmlType::Q5_K, ActRow::Q8K(y, _)) => k_blocks(row, y, dot_q5_k),
+        (GgmlType::Q6_K, ActRow::Q8K(y, _)) => k_lanes(row, y, lanes_q6_k),
         (GgmlType::F32, ActRow::F32(y)) => {
             if row.len() != y.len() * 4 {
                 return Err(mismatch(y.len()));
@@ -232,7 +244,7 @@ pub fn dot(
             Ok(dot_f32(w, y))
         }
         (_, ActRow::Q8_0(y)) => Err(mismatch(y.len() * QK)),
-        (_, ActRow::Q8K(y)) => Err(mismatch(y.len() * QK_K)),
+        (_, ActRow::Q8K(y, _)) => Err(mismatch(y.len() * QK_K)),
     }
 }
 
@@ -240,7 +252,7 @@ pub fn dot(
 fn blocks<B: Pod>(
     row: &[u8],
     y: &[BlockQ8_0],
-    f: impl Fn(&B, &BlockQ8_0) -> f32,
+    unpack: impl Fn(&B) -> (f32, [i8; QK]),
 ) -> Result<f32, QuantError> {
     let x: &[B] = bytemuck::try_cast_slice(row).map_err(|_| QuantError::SizeMismatch {
         ty: GgmlType::Q8_0,
@@ -254,7 +266,25 @@ fn blocks<B: Pod>(
             elements: y.len() * QK,
         });
     }
-    Ok(x.iter().zip(y).fold(0.0f32, |acc, (a, b)| acc + f(a, b)))
+    let mut acc = [0f32; 8];
+    for (a, b) in x.iter().zip(y) {
+        let (dx, q) = unpack(a);
+        let d = dx * f16_to_f32(b.d);
+        for (l, lane) in acc.iter_mut().enumerate() {
+            let sum: i32 = (4 * l..4 * l + 4)
+                .map(|i| i32::from(q[i]) * i32::from(b.qs[i]))
+                .sum();
+            *lane = libm::fmaf(d, sum as f32, *lane);
+        }
+    }
+    Ok(hsum8(&acc))
+}
+
+/// `hsum_float_8`: lanes folded as (l + l+4), then (0 + 2, 1 + 3), then (0 + 1).
+#[inline(always)]
+fn hsum8(a: &[f32; 8]) -> f32 {
+    let h: [f32; 4] = core::array::from_fn(|l| a[l + 4] + a[l]);
+    (h[0] + h[2]) + (h[1] + h[3])
 }
 
 #[inline(always)]
@@ -283,6 +313,32 @@ fn k_blocks<B: Pod>(
     Ok(sumf + sums.iter().sum::<f32>())
 }
 
+/// K-quant blocks summed as llama.cpp's x86 kernels do: per block a scale and eight integer lane
+/// sums, each lane accumulated with a fused multiply-add, then [`hsum8`].
+#[inline(always)]
+fn k_lanes<B: Pod>(
+    row: &[u8],
+    y: &[BlockQ8K],
+    f: impl Fn(&B, &BlockQ8K) -> (f32, [i32; 8]),
+) -> Result<f32, QuantError> {
+    let x: &[B] = bytemuck::try_cast_slice(row)
+        .ok()
+        .filter(|x: &&[B]| x.len() == y.len())
+        .ok_or(QuantError::SizeMismatch {
+            ty: GgmlType::Q6_K,
+            bytes: row.len(),
+            elements: y.len() * QK_K,
+        })?;
+    let mut acc = [0f32; 8];
+    for (a, b) in x.iter().zip(y) {
+        let (d, lanes) = f(a, b);
+        for (lane, &v) in acc.iter_mut().zip(&lanes) {
+            *lane = libm::fmaf(d, v as f32, *lane);
+        }
+    }
+    Ok(hsum8(&acc))
+}
+
 /// f32 dot with eight running sums, as ggml's vectorised `ggml_vec_dot_f32` keeps.
 #[inline(always)]
 pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
@@ -301,42 +357,35 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     sum
 }
 
-/// `ggml_vec_dot_q8_0_q8_0_generic`, one block.
+/// A Q8_0 block's scale and values.
 #[inline(always)]
-fn dot_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> f32 {
-    let sumi: i32 =
-        x.qs.iter()
-            .zip(&y.qs)
-            .map(|(&a, &b)| i32::from(a) * i32::from(b))
-            .sum();
-    sumi as f32 * (f16_to_f32(x.d) * f16_to_f32(y.d))
+fn unpack_q8_0(x: &BlockQ8_0) -> (f32, [i8; QK]) {
+    (f16_to_f32(x.d), x.qs)
 }
 
-/// `ggml_vec_dot_q4_0_q8_0_generic`, one block.
+/// A Q4_0 block's scale and values `q - 8` (low nibbles first).
 #[inline(always)]
-fn dot_q4_0(x: &BlockQ4_0, y: &BlockQ8_0) -> f32 {
-    let mut sumi = 0i32;
+fn unpack_q4_0(x: &BlockQ4_0) -> (f32, [i8; QK]) {
+    let mut q = [0i8; QK];
     for j in 0..QK / 2 {
-        let v0 = i32::from(x.qs[j] & 0x0f) - 8;
-        let v1 = i32::from(x.qs[j] >> 4) - 8;
-        sumi += v0 * i32::from(y.qs[j]) + v1 * i32::from(y.qs[j + QK / 2]);
+        q[j] = (x.qs[j] & 0x0f) as i8 - 8;
+        q[j + QK / 2] = (x.qs[j] >> 4) as i8 - 8;
     }
-    sumi as f32 * f16_to_f32(x.d) * f16_to_f32(y.d)
+    (f16_to_f32(x.d), q)
 }
 
-/// `ggml_vec_dot_q5_0_q8_0_generic`, one block.
+/// A Q5_0 block's scale and values `q - 16`, the fifth bits from `qh`.
 #[inline(always)]
-fn dot_q5_0(x: &BlockQ5_0, y: &BlockQ8_0) -> f32 {
+fn unpack_q5_0(x: &BlockQ5_0) -> (f32, [i8; QK]) {
     let qh = u32::from_le_bytes(x.qh);
-    let mut sumi = 0i32;
+    let mut q = [0i8; QK];
     for j in 0..QK / 2 {
-        let h0 = ((qh >> j) & 1) << 4;
-        let h1 = ((qh >> (j + 16)) & 1) << 4;
-        let x0 = (u32::from(x.qs[j] & 0x0f) | h0) as i32 - 16;
-        let x1 = (u32::from(x.qs[j] >> 4) | h1) as i32 - 16;
-        sumi += x0 * i32::from(y.qs[j]) + x1 * i32::from(y.qs[j + QK / 2]);
+        let h0 = (((qh >> j) & 1) << 4) as u8;
+        let h1 = (((qh >> (j + 16)) & 1) << 4) as u8;
+        q[j] = ((x.qs[j] & 0x0f) | h0) as i8 - 16;
+        q[j + QK / 2] = ((x.qs[j] >> 4) | h1) as i8 - 16;
     }
-    (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32
+    (f16_to_f32(x.d), q)
 }
 
 /// The 8 six-bit scales and 8 mins of a Q4_K/Q5_K block, unpacked as the ggml kernels do.
@@ -367,18 +416,50 @@ fn k_sum(aux8: &[i8; QK_K], y: &BlockQ8K, scales: &[i32]) -> [i32; 8] {
     aux32
 }
 
-/// `ggml_vec_dot_q4_K_q8_K_generic`, one block; returns the min correction and adds the scaled
-/// sums to `sums`.
-#[inline(always)]
-fn dot_q4_k(x: &BlockQ4K, y: &BlockQ8K, sums: &mut [f32; 8]) -> f32 {
-    let mut aux8 = [0i8; QK_K];
-    for (j, q4) in x.qs.chunks_exact(32).enumerate() {
-        for l in 0..32 {
-            aux8[64 * j + l] = (q4[l] & 0x0f) as i8;
-            aux8[64 * j + 32 + l] = (q4[l] >> 4) as i8;
+/// A Q4_K row times a Q8_K row as llama.cpp's x86 build computes it: Q4_K weights are repacked
+/// eight rows at a time (`block_q4_Kx8`) and multiplied by `ggml_gemm_q4_K_8x8_q8_K` for rows in
+/// groups of four and `ggml_gemv_q4_K_8x8_q8_K` for the rest. Both sum the scaled levels and the
+/// min corrections as exact integers and fuse them into two float accumulators, `gemm` once per
+/// 64 values and `gemv` once per 256; the result is their difference.
+fn q4_k_repacked(row: &[u8], y: &[BlockQ8K], grouped: bool) -> Result<f32, QuantError> {
+    let x: &[BlockQ4K] = bytemuck::try_cast_slice(row)
+        .ok()
+        .filter(|x: &&[BlockQ4K]| x.len() == y.len())
+        .ok_or(QuantError::SizeMismatch {
+            ty: GgmlType::Q4_K,
+            bytes: row.len(),
+            elements: y.len() * QK_K,
+        })?;
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (b, a) in x.iter().zip(y) {
+        let (scales, mins) = k4_scales_mins(&b.scales);
+        // Per group of 32: the scaled level sum and the min correction.
+        let mut levels = [0i32; 8];
+        let mut corrections = [0i32; 8];
+        for g in 0..8 {
+            let q4 = &b.qs[32 * (g / 2)..32 * (g / 2) + 32];
+            let sum: i32 = (0..32)
+                .map(|i| {
+                    let q = if g % 2 == 0 { q4[i] & 0x0f } else { q4[i] >> 4 };
+                    i32::from(q) * i32::from(a.qs[32 * g + i])
+                })
+                .sum();
+            levels[g] = i32::from(scales[g]) * sum;
+            corrections[g] =
+                i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]));
+        }
+        let d = f16_to_f32(b.d) * a.d;
+        let dmin = f16_to_f32(b.dmin) * a.d;
+        let step = if grouped { 2 } else { 8 };
+        for (l, m) in levels
+            .chunks_exact(step)
+            .zip(corrections.chunks_exact(step))
+        {
+            acc = libm::fmaf(l.iter().sum::<i32>() as f32, d, acc);
+            acc_min = libm::fmaf(m.iter().sum::<i32>() as f32, dmin, acc_min);
         }
     }
-    k_quant_tail(&aux8, x.d, x.dmin, &x.scales, y, sums)
+    Ok(acc - acc_min)
 }
 
 /// `ggml_vec_dot_q5_K_q8_K_generic`, one block.
@@ -426,27 +507,36 @@ fn k_quant_tail(
     -dmin * sumi as f32
 }
 
-/// `ggml_vec_dot_q6_K_q8_K_generic`, one block.
+/// `ggml_vec_dot_q6_K_q8_K` as llama.cpp's x86 build computes it, one block: the scale and eight
+/// integer lane sums. Lane `l` takes the values whose index mod 32 is in `4l..4l + 4` at their
+/// unsigned level (0..63) times their group scale, less 32 times the scaled sums of activation
+/// groups `2l` and `2l + 1` (the `- 32` offset, folded in the way the SIMD kernel folds it).
 #[inline(always)]
-fn dot_q6_k(x: &BlockQ6K, y: &BlockQ8K, sums: &mut [f32; 8]) -> f32 {
-    let mut aux8 = [0i8; QK_K];
+fn lanes_q6_k(x: &BlockQ6K, y: &BlockQ8K) -> (f32, [i32; 8]) {
+    let mut lanes = [0i32; 8];
     for half in 0..2 {
         let ql = &x.ql[64 * half..64 * half + 64];
         let qh = &x.qh[32 * half..32 * half + 32];
-        let a = &mut aux8[128 * half..128 * half + 128];
-        for l in 0..32 {
-            a[l] = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8 - 32;
-            a[l + 32] = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-            a[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-            a[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        for b in 0..32 {
+            let levels = [
+                (ql[b] & 0x0f) | ((qh[b] & 3) << 4),
+                (ql[b + 32] & 0x0f) | (((qh[b] >> 2) & 3) << 4),
+                (ql[b] >> 4) | (((qh[b] >> 4) & 3) << 4),
+                (ql[b + 32] >> 4) | (((qh[b] >> 6) & 3) << 4),
+            ];
+            for (c, &q) in levels.iter().enumerate() {
+                let v = 128 * half + 32 * c + b;
+                lanes[b / 4] += i32::from(x.scales[v / 16]) * i32::from(q) * i32::from(y.qs[v]);
+            }
         }
     }
-    let aux32 = k_sum(&aux8, y, &x.scales.map(i32::from));
-    let d = f16_to_f32(x.d) * y.d;
-    for l in 0..8 {
-        sums[l] += d * aux32[l] as f32;
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        let g = 2 * l;
+        let offset = i32::from(y.bsums[g]) * i32::from(x.scales[g])
+            + i32::from(y.bsums[g + 1]) * i32::from(x.scales[g + 1]);
+        *lane -= offset << 5;
     }
-    0.0
+    (y.d * f16_to_f32(x.d), lanes)
 }
 
 /// Casts for the tests and the backends: a row of blocks as bytes.
@@ -511,7 +601,7 @@ mod tests {
                         dequantize(Q8_0, as_bytes(b), &mut v).unwrap();
                         v
                     }
-                    ActRow::Q8K(b) => b
+                    ActRow::Q8K(b, _) => b
                         .iter()
                         .flat_map(|b| b.qs.iter().map(move |&q| f32::from(q) * b.d))
                         .collect(),
