@@ -13,22 +13,9 @@ use apr_core::write::gguf::GgufWriter;
 use apr_core::write::{OutTensor, TensorSink};
 use proptest::prelude::*;
 
-const MATRIX_TYPES: [GgmlType; 10] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q6_K,
-];
-
 #[path = "common/convert.rs"]
 mod convert_helper;
-use convert_helper::convert;
+use convert_helper::{MATRIX_TYPES, convert};
 
 fn decoded(t: &apr_core::format::model::Tensor<'_>) -> Vec<f32> {
     let raw = t.decode().unwrap();

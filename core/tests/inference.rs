@@ -17,7 +17,7 @@ use apr_core::model::{Logits, Qwen2};
 use apr_core::sample::SamplerConfig;
 use apr_core::synth::{self, Config};
 use apr_core::tokenizer::Tokenizer;
-use convert_helper::convert;
+use convert_helper::{MATRIX_TYPES, convert};
 
 const PROMPT: [u32; 7] = [72, 101, 108, 108, 111, 32, 119];
 
@@ -37,18 +37,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn issue_4_gguf_and_apr_give_identical_logits_for_every_type() {
-    for ty in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-    ] {
+    for ty in MATRIX_TYPES {
         let gguf = synth::gguf(&Config::default(), ty).unwrap();
         let want = logits_of(&gguf, &PROMPT);
         assert!(want.iter().all(|l| l.is_finite()), "{ty}");

@@ -50,47 +50,30 @@ fn apr_with_stdin(dir: &Path, args: &[&str], stdin: &str) -> (Option<i32>, Strin
 fn issue_4_run_streams_text_and_reports_json() {
     let apr = Apr::new();
     let m = tiny(&apr, "m.gguf", GgmlType::Q8_0);
-    let run = apr.run(&[
-        "run",
-        &m,
-        "-p",
-        "the cat",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0",
-        "--ignore-eos",
-    ]);
-    run.success();
+    // The same greedy run, with one extra flag.
+    let greedy = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            &m,
+            "-p",
+            "the cat",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+        ];
+        args.extend(extra);
+        let r = apr.run(&args);
+        r.success();
+        r
+    };
+    let run = greedy(&[]);
     assert!(run.stderr.contains("tok/s"), "{}", run.stderr);
-    let quiet = apr.run(&[
-        "run",
-        &m,
-        "-p",
-        "the cat",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0",
-        "--ignore-eos",
-        "--quiet",
-    ]);
-    quiet.success();
+    let quiet = greedy(&["--quiet"]);
     assert_eq!(quiet.stdout, run.stdout, "--quiet changes only stderr");
     assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
-    let json = apr.run(&[
-        "run",
-        &m,
-        "-p",
-        "the cat",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0",
-        "--ignore-eos",
-        "--json",
-    ]);
-    json.success();
+    let json = greedy(&["--json"]);
     let v: Value = serde_json::from_str(json.stdout.trim()).unwrap();
     assert_eq!(v["generated_tokens"], 8);
     assert_eq!(v["stop_reason"], "max_tokens");

@@ -14,6 +14,20 @@ use apr_core::write::gguf::GgufWriter;
 use apr_core::write::safetensors::SafetensorsWriter;
 use apr_core::write::{OutTensor, TensorSink};
 
+/// Every type the converter writes for 2-D weights.
+pub const MATRIX_TYPES: [GgmlType; 10] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
 /// Converts `src` in memory the way `apr rosetta convert` does on disk.
 pub fn convert(
     src: &[u8],

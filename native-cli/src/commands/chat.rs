@@ -1,8 +1,7 @@
 //! `apr chat MODEL`: a multi-turn conversation through the model's chat template. The KV cache
 //! keeps the conversation, so each turn evaluates only its new tokens.
 
-use std::io::{self, BufRead, IsTerminal, Write};
-use std::ops::ControlFlow;
+use std::io::{self, BufRead, IsTerminal};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
@@ -83,27 +82,8 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         messages.extend(history.iter().cloned());
         let prompt = template.render(&messages, true)?;
         let ids = session.tokenizer().encode(&prompt, true)?;
-        let mut out = io::stdout().lock();
-        let mut write_error = None;
-        let outcome = session.generate(&ids, &params, |token| {
-            if let Err(e) = out
-                .write_all(token.text.as_bytes())
-                .and_then(|()| out.flush())
-            {
-                write_error = Some(e);
-                return ControlFlow::Break(());
-            }
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
-        if let Some(e) = write_error {
-            return Err(e).context("cannot write to stdout");
-        }
-        writeln!(out)?;
-        out.flush()?;
+        let (outcome, _) =
+            model::generate_to_stdout(&mut session, &ids, &params, true, &INTERRUPTED)?;
         if outcome.stop == StopReason::Cancelled {
             eprintln!("apr: answer stopped");
         }

@@ -1,14 +1,17 @@
 //! What the inference commands share: finding the model (a path or `hf://`), mapping it, and
 //! building the tokenizer and the CPU model over the mapped bytes.
 
+use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use apr_core::backend::cpu::Cpu;
 use apr_core::file::MappedFile;
 use apr_core::format::model::ModelFile;
-use apr_core::generate::Session;
+use apr_core::generate::{GenerateParams, Outcome, Session};
 use apr_core::model::Qwen2;
 use apr_core::sample::SamplerConfig;
 use apr_core::tokenizer::Tokenizer;
@@ -115,4 +118,43 @@ pub(crate) fn sampler(args: &SamplingArgs) -> Result<SamplerConfig> {
         bail!("{why}");
     }
     Ok(config)
+}
+
+/// Generates after `ids`, writing each piece of text to stdout as it comes when `print` (then a
+/// newline at the end). Generation stops early when `stop` is set (Ctrl-C) or stdout fails.
+/// Returns the outcome and when the first token came.
+pub(crate) fn generate_to_stdout(
+    session: &mut Session<'_, Cpu>,
+    ids: &[u32],
+    params: &GenerateParams,
+    print: bool,
+    stop: &AtomicBool,
+) -> Result<(Outcome, Option<Instant>)> {
+    let mut first = None;
+    let mut out = io::stdout().lock();
+    let mut write_error = None;
+    let outcome = session.generate(ids, params, |token| {
+        first.get_or_insert_with(Instant::now);
+        if print
+            && let Err(e) = out
+                .write_all(token.text.as_bytes())
+                .and_then(|()| out.flush())
+        {
+            write_error = Some(e);
+            return ControlFlow::Break(());
+        }
+        if stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e).context("cannot write to stdout");
+    }
+    if print {
+        writeln!(out)?;
+        out.flush()?;
+    }
+    Ok((outcome, first))
 }

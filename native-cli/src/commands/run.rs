@@ -2,7 +2,6 @@
 //! stdin) is a prompt with its own result.
 
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -131,34 +130,8 @@ fn generate_one(
         bail!("the prompt is empty: nothing to continue");
     }
     let start = Instant::now();
-    let mut first: Option<Instant> = None;
-    let mut out = io::stdout().lock();
-    let mut write_error = None;
-    let outcome = session.generate(&ids, params, |token| {
-        if first.is_none() {
-            first = Some(Instant::now());
-        }
-        if !args.json
-            && let Err(e) = out
-                .write_all(token.text.as_bytes())
-                .and_then(|()| out.flush())
-        {
-            write_error = Some(e);
-            return ControlFlow::Break(());
-        }
-        if CANCELLED.load(Ordering::SeqCst) {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })?;
-    if let Some(e) = write_error {
-        return Err(e).context("cannot write to stdout");
-    }
-    if !args.json {
-        writeln!(out)?;
-        out.flush()?;
-    }
+    let (outcome, first) =
+        model::generate_to_stdout(session, &ids, params, !args.json, &CANCELLED)?;
     let end = Instant::now();
     let first = first.unwrap_or(end);
     let prompt_ms = (first - start).as_secs_f64() * 1e3;
