@@ -14,6 +14,17 @@ use crate::meta::{MetaValue, Metadata};
 /// The qwen2 (and llama-3 style) pre-tokenizer split.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// GPT-2's byte-to-character table: printable bytes map to themselves, the other 68 in order to
+/// U+0100 upwards. Byte-level BPE vocabularies spell every byte this way.
+pub fn byte_to_char(b: u8) -> char {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
+    if printable(b) {
+        return char::from(b);
+    }
+    let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + rank).unwrap_or('?')
+}
+
 fn need_u64(meta: &Metadata, key: &str) -> Result<u64, String> {
     meta.arch_u64(key)
         .ok_or_else(|| alloc::format!("metadata has no {key} for the config"))

@@ -51,15 +51,7 @@ impl Default for Config {
 /// The special tokens, in id order after the byte tokens and merges.
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
-/// GPT-2's byte-to-character table: printable bytes map to themselves, others to U+0100...
-pub fn byte_to_char(b: u8) -> char {
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
-    if printable(b) {
-        return char::from(b);
-    }
-    let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(256 + rank).unwrap_or('?')
-}
+pub use crate::hf::byte_to_char;
 
 /// xorshift64*; deterministic across platforms.
 #[derive(Debug, Clone)]

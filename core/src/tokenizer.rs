@@ -53,21 +53,15 @@ fn tok_error(e: impl core::fmt::Display) -> Error {
     Error::Invalid(alloc::format!("tokenizer: {e}"))
 }
 
-/// GPT-2's byte-to-character map, inverted: the byte each vocabulary character stands for.
-fn byte_of_char(c: char) -> Option<u8> {
-    let c = c as u32;
-    let printable = |b: u32| {
-        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
-    };
-    if c < 256 && printable(c) {
-        return Some(c as u8);
+/// GPT-2's byte-to-character map ([`crate::hf::byte_to_char`]) inverted, indexed by code point.
+fn char_to_byte_table() -> Vec<Option<u8>> {
+    let mut table = alloc::vec![None; 256 + 68];
+    for b in 0..=255u8 {
+        if let Some(slot) = table.get_mut(crate::hf::byte_to_char(b) as usize) {
+            *slot = Some(b);
+        }
     }
-    // The other 68 bytes map, in order, to U+0100 upwards.
-    let n = c.checked_sub(256)?;
-    (0u32..256)
-        .filter(|&b| !printable(b))
-        .nth(n as usize)
-        .map(|b| b as u8)
+    table
 }
 
 impl Tokenizer {
@@ -93,6 +87,7 @@ impl Tokenizer {
         let mut pieces = alloc::vec![Vec::new(); size];
         let mut control = alloc::vec![false; size];
         let added = parsing.get_added_tokens_decoder();
+        let byte_of = char_to_byte_table();
         for (id, piece) in pieces.iter_mut().enumerate() {
             let id32 = id as u32;
             if let Some(t) = added.get(&id32) {
@@ -101,7 +96,7 @@ impl Tokenizer {
             } else if let Some(text) = parsing.id_to_token(id32) {
                 *piece = text
                     .chars()
-                    .map(|c| byte_of_char(c).unwrap_or(b'?'))
+                    .map(|c| byte_of.get(c as usize).copied().flatten().unwrap_or(b'?'))
                     .collect();
             }
         }
@@ -260,17 +255,15 @@ mod tests {
 
     #[test]
     fn byte_map_inverts_gpt2() {
-        assert_eq!(byte_of_char('A'), Some(b'A'));
-        assert_eq!(byte_of_char('Ġ'), Some(b' '));
-        assert_eq!(byte_of_char('Ċ'), Some(b'\n'));
-        assert_eq!(byte_of_char('ĉ'), Some(b'\t'));
-        assert_eq!(byte_of_char('\u{0100}'), Some(0));
-        assert_eq!(byte_of_char('\u{0143}'), Some(0xad));
-        let all: alloc::collections::BTreeSet<u8> = (0u32..400)
-            .filter_map(char::from_u32)
-            .filter_map(byte_of_char)
-            .collect();
-        assert_eq!(all.len(), 256);
+        let table = char_to_byte_table();
+        let byte_of = |c: char| table.get(c as usize).copied().flatten();
+        assert_eq!(byte_of('A'), Some(b'A'));
+        assert_eq!(byte_of('Ġ'), Some(b' '));
+        assert_eq!(byte_of('Ċ'), Some(b'\n'));
+        assert_eq!(byte_of('ĉ'), Some(b'\t'));
+        assert_eq!(byte_of('\u{0100}'), Some(0));
+        assert_eq!(byte_of('\u{0143}'), Some(0xad));
+        assert_eq!(table.iter().flatten().count(), 256);
     }
 
     #[test]
