@@ -528,7 +528,7 @@ impl Backend for Cpu {
     }
 
     /// `ggml_vec_swiglu_f32`: `silu(g) * u` with `silu(g) = g / (1 + e^-g)`, `e^x` as
-    /// [`ggml_v_expf`] computes it.
+    /// `ggml_v_expf` computes it.
     fn silu_mul(&mut self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         let g = slice_mut(gate, len, "silu_mul")?;
         let u = slice(up, len, "silu_mul")?;

@@ -10,8 +10,10 @@
 //! The integer sums are exact. The float side follows llama.cpp's x86 build operation for
 //! operation, because Qwen2's outlier activations turn a one-ulp difference into a different
 //! quantized level a few layers later: Q4_0/Q5_0/Q8_0 and Q6_K keep eight lane sums per block
-//! and fuse each into its own accumulator (`_mm256_fmadd_ps`, then `hsum_float_8`), Q4_K follows
-//! the repacked `gemm`/`gemv` kernels, and Q8_0 activations round half to even with `127 / max`.
+//! and fuse each into its own accumulator (`_mm256_fmadd_ps`, then `hsum_float_8`), Q6_K in
+//! batches of eight rows or more follows the tiled K-quant multiply, Q4_K the repacked
+//! `gemm`/`gemv` kernels, and Q8_0 activations round half to even with `127 / max`. Which kernel
+//! llama.cpp picks depends on the batch, so each activation row carries its [`BatchRow`].
 //! Q5_K keeps the order of `ggml_vec_dot_q5_K_q8_K_generic`. The order is fixed here, so every
 //! platform computes the same values.
 
@@ -67,10 +69,34 @@ pub enum ActRow<'a> {
     F32(&'a [f32]),
     /// Q8_0 blocks.
     Q8_0(&'a [BlockQ8_0]),
-    /// Q8_K super-blocks, and whether the row is one of a group of four (llama.cpp's repacked
-    /// Q4_K kernels sum rows in groups of four with `gemm` and the rest one by one with `gemv`,
-    /// in different orders).
-    Q8K(&'a [BlockQ8K], bool),
+    /// Q8_K super-blocks, and where the row sits in its batch: llama.cpp picks its K-quant
+    /// kernel by batch size, and each sums in its own order.
+    Q8K(&'a [BlockQ8K], BatchRow),
+}
+
+/// Row `row` of a batch of `rows` activation rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRow {
+    /// Index in the batch.
+    pub row: usize,
+    /// Rows in the batch.
+    pub rows: usize,
+}
+
+impl BatchRow {
+    /// A row on its own.
+    pub const SINGLE: Self = Self { row: 0, rows: 1 };
+
+    /// Whether llama.cpp's repacked Q4_K kernels take this row in a group of four (`gemm`)
+    /// rather than alone (`gemv`).
+    fn in_group_of_four(self) -> bool {
+        self.row < self.rows - self.rows % 4
+    }
+
+    /// Whether llama.cpp's tiled K-quant matrix multiply (batches of 8 rows or more) takes it.
+    fn tiled(self) -> bool {
+        self.rows >= 8
+    }
 }
 
 /// Activation rows quantized once and reused against every weight row.
@@ -146,10 +172,11 @@ impl Activations {
             }
             ActKind::Q8K => {
                 let n = c / QK_K;
-                let grouped = r < self.rows - self.rows % 4;
-                self.q8k
-                    .get(r * n..(r + 1) * n)
-                    .map(|b| ActRow::Q8K(b, grouped))
+                let at = BatchRow {
+                    row: r,
+                    rows: self.rows,
+                };
+                self.q8k.get(r * n..(r + 1) * n).map(|b| ActRow::Q8K(b, at))
             }
         }
     }
@@ -221,8 +248,9 @@ pub fn dot(
         (GgmlType::Q8_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q8_0),
         (GgmlType::Q5_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q5_0),
         (GgmlType::Q4_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q4_0),
-        (GgmlType::Q4_K, ActRow::Q8K(y, grouped)) => q4_k_repacked(row, y, grouped),
+        (GgmlType::Q4_K, ActRow::Q8K(y, at)) => q4_k_repacked(row, y, at.in_group_of_four()),
         (GgmlType::Q5_K, ActRow::Q8K(y, _)) => k_blocks(row, y, dot_q5_k),
+        (GgmlType::Q6_K, ActRow::Q8K(y, at)) if at.tiled() => q6_k_tiled(row, y),
         (GgmlType::Q6_K, ActRow::Q8K(y, _)) => k_lanes(row, y, lanes_q6_k),
         (GgmlType::F32, ActRow::F32(y)) => {
             if row.len() != y.len() * 4 {
@@ -539,6 +567,27 @@ fn lanes_q6_k(x: &BlockQ6K, y: &BlockQ8K) -> (f32, [i32; 8]) {
     (y.d * f16_to_f32(x.d), lanes)
 }
 
+/// A Q6_K row times a Q8_K row as llama.cpp's tiled K-quant multiply computes it for batches of
+/// eight rows or more: per super-block the exact integer sum times the weight scale, then fused
+/// with the activation scale into the running sum.
+fn q6_k_tiled(row: &[u8], y: &[BlockQ8K]) -> Result<f32, QuantError> {
+    let x: &[BlockQ6K] = bytemuck::try_cast_slice(row)
+        .ok()
+        .filter(|x: &&[BlockQ6K]| x.len() == y.len())
+        .ok_or(QuantError::SizeMismatch {
+            ty: GgmlType::Q6_K,
+            bytes: row.len(),
+            elements: y.len() * QK_K,
+        })?;
+    let mut acc = 0f32;
+    for (a, b) in x.iter().zip(y) {
+        let (_, lanes) = lanes_q6_k(a, b);
+        let result = lanes.iter().sum::<i32>() as f32 * f16_to_f32(a.d);
+        acc = libm::fmaf(result, b.d, acc);
+    }
+    Ok(acc)
+}
+
 /// Casts for the tests and the backends: a row of blocks as bytes.
 pub fn as_bytes<B: Pod>(blocks: &[B]) -> &[u8] {
     cast_slice(blocks)
@@ -612,16 +661,23 @@ mod tests {
                     .map(|(a, b)| f64::from(*a) * f64::from(*b))
                     .sum();
                 let mut scratch = vec![0f32; n];
-                let got = dot(ty, &wq, acts.row(0).unwrap(), &mut scratch).unwrap();
                 let scale: f64 = wd
                     .iter()
                     .zip(&xd)
                     .map(|(a, b)| f64::from((a * b).abs()))
                     .sum();
-                assert!(
-                    (f64::from(got) - want).abs() <= 1e-5 * scale + 1e-6,
-                    "{ty:?} seed {seed}: {got} vs {want}"
-                );
+                // Alone, in a group of four and in a tiled batch: each summation order agrees.
+                for rows in [1, 5, 8] {
+                    let batch: Vec<f32> = x.iter().copied().cycle().take(rows * n).collect();
+                    acts.encode(kind, &batch, rows, n).unwrap();
+                    for r in 0..rows {
+                        let got = dot(ty, &wq, acts.row(r).unwrap(), &mut scratch).unwrap();
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-5 * scale + 1e-6,
+                            "{ty:?} seed {seed} row {r} of {rows}: {got} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }
