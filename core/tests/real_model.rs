@@ -113,3 +113,33 @@ fn issue_4_tokenizer_matches_llama_cpp_on_every_reference_file() {
     }
     assert_eq!(checked, 11);
 }
+
+/// Our own corpus (tests/data/tokenizer_corpus.json, made by scripts/gen_tokenizer_corpus.py with
+/// llama.cpp's llama-tokenize): code in several languages, whitespace runs, digits, CJK and other
+/// scripts, emoji sequences, special and FIM tokens with parsing on and off, CRLF, empty input.
+#[test]
+#[ignore = "needs the real model (scripts/fetch_model.py); CI runs it"]
+fn issue_4_tokenizer_matches_llama_cpp_on_a_broad_corpus() {
+    let file = MappedFile::open(real_model()).unwrap();
+    let tok =
+        apr_core::tokenizer::Tokenizer::from_metadata(&file.model().unwrap().metadata).unwrap();
+    let corpus = json(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/tokenizer_corpus.json"
+    )));
+    let cases = corpus["cases"].as_array().unwrap();
+    assert!(cases.len() >= 30);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let special = case["parse_special"].as_bool().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let ids = tok.encode(text, special).unwrap();
+        assert_eq!(ids, want, "{text:?} (parse_special {special})");
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "{text:?}");
+    }
+}
