@@ -245,13 +245,13 @@ pub fn dot(
         elements,
     };
     match (ty, x) {
-        (GgmlType::Q8_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q8_0),
-        (GgmlType::Q5_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q5_0),
-        (GgmlType::Q4_0, ActRow::Q8_0(y)) => blocks(row, y, unpack_q4_0),
+        (GgmlType::Q8_0, ActRow::Q8_0(y)) => blocks(ty, row, y, unpack_q8_0),
+        (GgmlType::Q5_0, ActRow::Q8_0(y)) => blocks(ty, row, y, unpack_q5_0),
+        (GgmlType::Q4_0, ActRow::Q8_0(y)) => blocks(ty, row, y, unpack_q4_0),
         (GgmlType::Q4_K, ActRow::Q8K(y, at)) => q4_k_repacked(row, y, at.in_group_of_four()),
-        (GgmlType::Q5_K, ActRow::Q8K(y, _)) => k_blocks(row, y, dot_q5_k),
+        (GgmlType::Q5_K, ActRow::Q8K(y, _)) => k_blocks(ty, row, y, dot_q5_k),
         (GgmlType::Q6_K, ActRow::Q8K(y, at)) if at.tiled() => q6_k_tiled(row, y),
-        (GgmlType::Q6_K, ActRow::Q8K(y, _)) => k_lanes(row, y, lanes_q6_k),
+        (GgmlType::Q6_K, ActRow::Q8K(y, _)) => k_lanes(ty, row, y, lanes_q6_k),
         (GgmlType::F32, ActRow::F32(y)) => {
             if row.len() != y.len() * 4 {
                 return Err(mismatch(y.len()));
@@ -276,24 +276,32 @@ pub fn dot(
     }
 }
 
+/// `row` as the blocks of a weight row of type `ty`, one per activation block.
+#[inline(always)]
+fn weight_blocks<B: Pod>(
+    ty: GgmlType,
+    row: &[u8],
+    blocks: usize,
+    per_block: usize,
+) -> Result<&[B], QuantError> {
+    bytemuck::try_cast_slice(row)
+        .ok()
+        .filter(|x: &&[B]| x.len() == blocks)
+        .ok_or(QuantError::SizeMismatch {
+            ty,
+            bytes: row.len(),
+            elements: blocks * per_block,
+        })
+}
+
 #[inline(always)]
 fn blocks<B: Pod>(
+    ty: GgmlType,
     row: &[u8],
     y: &[BlockQ8_0],
     unpack: impl Fn(&B) -> (f32, [i8; QK]),
 ) -> Result<f32, QuantError> {
-    let x: &[B] = bytemuck::try_cast_slice(row).map_err(|_| QuantError::SizeMismatch {
-        ty: GgmlType::Q8_0,
-        bytes: row.len(),
-        elements: y.len() * QK,
-    })?;
-    if x.len() != y.len() {
-        return Err(QuantError::SizeMismatch {
-            ty: GgmlType::Q8_0,
-            bytes: row.len(),
-            elements: y.len() * QK,
-        });
-    }
+    let x: &[B] = weight_blocks(ty, row, y.len(), QK)?;
     let mut acc = [0f32; 8];
     for (a, b) in x.iter().zip(y) {
         let (dx, q) = unpack(a);
@@ -317,22 +325,12 @@ fn hsum8(a: &[f32; 8]) -> f32 {
 
 #[inline(always)]
 fn k_blocks<B: Pod>(
+    ty: GgmlType,
     row: &[u8],
     y: &[BlockQ8K],
     f: impl Fn(&B, &BlockQ8K, &mut [f32; 8]) -> f32,
 ) -> Result<f32, QuantError> {
-    let x: &[B] = bytemuck::try_cast_slice(row).map_err(|_| QuantError::SizeMismatch {
-        ty: GgmlType::Q4_K,
-        bytes: row.len(),
-        elements: y.len() * QK_K,
-    })?;
-    if x.len() != y.len() {
-        return Err(QuantError::SizeMismatch {
-            ty: GgmlType::Q4_K,
-            bytes: row.len(),
-            elements: y.len() * QK_K,
-        });
-    }
+    let x: &[B] = weight_blocks(ty, row, y.len(), QK_K)?;
     let mut sums = [0.0f32; 8];
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y) {
@@ -345,18 +343,12 @@ fn k_blocks<B: Pod>(
 /// sums, each lane accumulated with a fused multiply-add, then [`hsum8`].
 #[inline(always)]
 fn k_lanes<B: Pod>(
+    ty: GgmlType,
     row: &[u8],
     y: &[BlockQ8K],
     f: impl Fn(&B, &BlockQ8K) -> (f32, [i32; 8]),
 ) -> Result<f32, QuantError> {
-    let x: &[B] = bytemuck::try_cast_slice(row)
-        .ok()
-        .filter(|x: &&[B]| x.len() == y.len())
-        .ok_or(QuantError::SizeMismatch {
-            ty: GgmlType::Q6_K,
-            bytes: row.len(),
-            elements: y.len() * QK_K,
-        })?;
+    let x: &[B] = weight_blocks(ty, row, y.len(), QK_K)?;
     let mut acc = [0f32; 8];
     for (a, b) in x.iter().zip(y) {
         let (d, lanes) = f(a, b);
@@ -450,14 +442,7 @@ fn k_sum(aux8: &[i8; QK_K], y: &BlockQ8K, scales: &[i32]) -> [i32; 8] {
 /// min corrections as exact integers and fuse them into two float accumulators, `gemm` once per
 /// 64 values and `gemv` once per 256; the result is their difference.
 fn q4_k_repacked(row: &[u8], y: &[BlockQ8K], grouped: bool) -> Result<f32, QuantError> {
-    let x: &[BlockQ4K] = bytemuck::try_cast_slice(row)
-        .ok()
-        .filter(|x: &&[BlockQ4K]| x.len() == y.len())
-        .ok_or(QuantError::SizeMismatch {
-            ty: GgmlType::Q4_K,
-            bytes: row.len(),
-            elements: y.len() * QK_K,
-        })?;
+    let x: &[BlockQ4K] = weight_blocks(GgmlType::Q4_K, row, y.len(), QK_K)?;
     let (mut acc, mut acc_min) = (0f32, 0f32);
     for (b, a) in x.iter().zip(y) {
         let (scales, mins) = k4_scales_mins(&b.scales);
@@ -571,14 +556,7 @@ fn lanes_q6_k(x: &BlockQ6K, y: &BlockQ8K) -> (f32, [i32; 8]) {
 /// eight rows or more: per super-block the exact integer sum times the weight scale, then fused
 /// with the activation scale into the running sum.
 fn q6_k_tiled(row: &[u8], y: &[BlockQ8K]) -> Result<f32, QuantError> {
-    let x: &[BlockQ6K] = bytemuck::try_cast_slice(row)
-        .ok()
-        .filter(|x: &&[BlockQ6K]| x.len() == y.len())
-        .ok_or(QuantError::SizeMismatch {
-            ty: GgmlType::Q6_K,
-            bytes: row.len(),
-            elements: y.len() * QK_K,
-        })?;
+    let x: &[BlockQ6K] = weight_blocks(GgmlType::Q6_K, row, y.len(), QK_K)?;
     let mut acc = 0f32;
     for (a, b) in x.iter().zip(y) {
         let (_, lanes) = lanes_q6_k(a, b);
