@@ -105,6 +105,39 @@ fn issue_4_run_streams_text_and_reports_json() {
 }
 
 #[test]
+fn issue_4_run_takes_a_model_from_the_import_cache() {
+    let apr = Apr::new().env("HF_HUB_OFFLINE", "1");
+    let snapshot = apr
+        .hf_home()
+        .join("hub/models--org--tiny/snapshots/0123abc");
+    fs::create_dir_all(&snapshot).unwrap();
+    fs::write(
+        snapshot.join("tiny.gguf"),
+        synth::gguf(&Config::default(), GgmlType::Q8_0).unwrap(),
+    )
+    .unwrap();
+    let refs = apr.hf_home().join("hub/models--org--tiny/refs");
+    fs::create_dir_all(&refs).unwrap();
+    fs::write(refs.join("main"), "0123abc").unwrap();
+    let args = [
+        "-p",
+        "the",
+        "--max-tokens",
+        "3",
+        "--ignore-eos",
+        "--quiet",
+        "--temperature",
+        "0",
+    ];
+    let cached = apr.run(&[&["run", "hf://org/tiny/tiny.gguf"][..], &args[..]].concat());
+    cached.success();
+    tiny(&apr, "local.gguf", GgmlType::Q8_0);
+    let local = apr.run(&[&["run", "local.gguf"][..], &args[..]].concat());
+    assert_eq!(cached.stdout, local.stdout);
+    apr.run(&["run", "hf://org/missing", "-p", "x"]).failure();
+}
+
+#[test]
 fn issue_4_run_batches_prompts_and_rejects_bad_flags() {
     let apr = Apr::new();
     let m = tiny(&apr, "m.gguf", GgmlType::Q4_K);

@@ -17,7 +17,7 @@ use crate::output;
 
 /// Where a model comes from.
 #[derive(Debug, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     Hub {
         repo: String,
         revision: String,
@@ -28,7 +28,7 @@ enum Source {
 }
 
 impl Source {
-    fn parse(text: &str, endpoint: &str) -> Result<Self> {
+    pub(crate) fn parse(text: &str, endpoint: &str) -> Result<Self> {
         if let Some(rest) = text.strip_prefix("hf://") {
             let mut parts = rest.splitn(3, '/');
             let (Some(org), Some(name)) = (parts.next(), parts.next()) else {

@@ -16,28 +16,26 @@ use apr_core::model::Qwen2;
 use apr_core::sample::SamplerConfig;
 use apr_core::tokenizer::Tokenizer;
 
+use super::import::Source;
 use crate::args::{EngineArgs, SamplingArgs};
 use crate::hub::{Hub, Pick};
 
-/// A model file: a path, or `hf://ORG/REPO[/FILE]` fetched through the import cache (the cached
-/// copy is used when the hub cannot be reached).
+/// A model file: a path, or `hf://ORG/REPO[/FILE]` (or a hub `/resolve/` URL) fetched through
+/// the import cache, whose cached copy is used when the hub cannot be reached.
 pub(crate) fn resolve(model: &str) -> Result<PathBuf> {
-    let Some(rest) = model.strip_prefix("hf://") else {
-        return Ok(PathBuf::from(model));
-    };
-    let mut parts = rest.splitn(3, '/');
-    let (Some(org), Some(name)) = (parts.next(), parts.next()) else {
-        bail!("'{model}' is not of the form hf://ORG/REPO[/FILE]");
-    };
-    if org.is_empty() || name.is_empty() {
-        bail!("'{model}' is not of the form hf://ORG/REPO[/FILE]");
+    let hub = Hub::from_env();
+    match Source::parse(model, hub.endpoint())? {
+        Source::Local(path) => Ok(path),
+        Source::Hub {
+            repo,
+            revision,
+            file,
+        } => {
+            let pick = file.as_deref().map_or(Pick::OnlyGguf, Pick::File);
+            Ok(hub.fetch(&repo, &revision, pick)?.path)
+        }
+        Source::Url(url) => bail!("{url} is not a hub file: download it with `apr import` first"),
     }
-    let repo = format!("{org}/{name}");
-    let pick = match parts.next().filter(|f| !f.is_empty()) {
-        Some(file) => Pick::File(file),
-        None => Pick::OnlyGguf,
-    };
-    Ok(Hub::from_env().fetch(&repo, "main", pick)?.path)
 }
 
 /// A mapped model file and when its loading began.
