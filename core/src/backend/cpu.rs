@@ -1,20 +1,23 @@
 //! The CPU backend: f32 activations in `Vec`s, weights borrowed from the mapped file, every
-//! matrix multiply through the scalar reference kernels of [`crate::quant::dot`].
+//! matrix multiply through the fastest kernels of [`crate::quant::simd`] this CPU runs (bit for
+//! bit the scalar reference kernels of [`crate::quant::dot`]).
 //!
 //! The other ops follow llama.cpp's CPU arithmetic too, so that its logits come out identical:
 //! flash attention over an f16 cache with f16 value sums, RMSNorm summing `x * x` in f64, RoPE
 //! with the fused multiply-adds that llama.cpp's C gets from its compiler, and SiLU through
 //! `ggml_v_expf`.
 //!
-//! With the `std` feature the matrix multiplies and attention are split over `threads` scoped
-//! threads; without it everything runs on the calling thread.
+//! With the `std` feature (and not on wasm) the matrix multiplies and attention are split over a
+//! pool of `threads` threads; otherwise everything runs on the calling thread.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{AttnShape, Backend, MatrixData};
+use super::{AttnShape, Backend, KvType, MatrixData};
 use crate::dtype::GgmlType;
-use crate::quant::dot::{ActKind, Activations, dot};
+use crate::quant::dot::{ActKind, Activations};
+use crate::quant::simd::Isa;
+use crate::quant::vec::{AttnHead, KvRows};
 use crate::{Error, Result};
 
 /// A weight matrix on the CPU: the stored bytes and how to read them.
@@ -46,20 +49,6 @@ impl CpuMatrix<'_> {
     }
 }
 
-/// `x` rounded to the nearest f16 and back: the KV cache and the query are f16 in llama.cpp's
-/// attention, and its logits follow from that rounding.
-#[inline]
-fn f16_round(x: f32) -> f32 {
-    half::f16::from_f32(x).to_f32()
-}
-
-/// `e^x` correctly rounded to f32 (through f64), as glibc's `expf` gives it in all but the rarest
-/// cases; the `libm` crate's f32 version is up to 1 ulp away, which changes attention weights.
-#[inline]
-fn expf(x: f32) -> f32 {
-    libm::exp(f64::from(x)) as f32
-}
-
 /// `ggml_v_expf`, the exponential of llama.cpp's vectorised SiLU (the ARM optimized-routines
 /// polynomial, at most 1.5 ulp from `e^x`), lane by lane. llama.cpp's activations, and so its
 /// logits, follow this approximation rather than a correctly rounded `expf`.
@@ -86,74 +75,37 @@ fn ggml_v_expf(x: f32) -> f32 {
     libm::ldexpf(j, n as i32)
 }
 
-/// `ggml_vec_dot_f16` as llama.cpp's AVX-512 build sums it: four accumulators of 16 lanes take
-/// fused multiply-adds over each run of 64 values, then fold pairwise (0+2, 1+3, 0+1) and across
-/// lanes as `_mm512_reduce_add_ps` does; values past the last whole run are added in f64. The
-/// inputs are f16 values held in f32. A fixed order, so every platform gets the same scores.
-fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [[0f32; 16]; 4];
-    let (xs, ys) = (x.chunks_exact(64), y.chunks_exact(64));
-    let (xr, yr) = (xs.remainder(), ys.remainder());
-    for (a, b) in xs.zip(ys) {
-        for (j, lanes) in acc.iter_mut().enumerate() {
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                *lane = libm::fmaf(a[16 * j + l], b[16 * j + l], *lane);
-            }
-        }
-    }
-    let mut v = [0f32; 16];
-    for l in 0..16 {
-        v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-    }
-    let h8: [f32; 8] = core::array::from_fn(|l| v[l + 8] + v[l]);
-    let h4: [f32; 4] = core::array::from_fn(|l| h8[l + 4] + h8[l]);
-    let mut sum = f64::from((h4[0] + h4[2]) + (h4[1] + h4[3]));
-    for (a, b) in xr.iter().zip(yr) {
-        sum += f64::from(a * b);
-    }
-    sum as f32
+/// One layer's keys or values on the CPU.
+#[derive(Debug)]
+pub enum CpuCache {
+    /// f16 bits.
+    F16(Vec<u16>),
+    /// f32 values.
+    F32(Vec<f32>),
 }
 
-/// One query row of `ggml_compute_forward_flash_attn_ext_f16_one_chunk` with an f16 cache:
-/// online softmax over positions `0..len`, the value sum accumulated in f16. `out` gets the
-/// attention output.
-fn attend_one<'v>(
-    _q: &[f32],
-    mut score: impl FnMut(usize) -> f32,
-    value: impl Fn(usize) -> &'v [f32],
-    len: usize,
-    out: &mut [f32],
-) {
-    out.fill(0.0);
-    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
-    for t in 0..len {
-        let s = score(t);
-        let (mut ms, mut vs) = (1.0f32, 1.0f32);
-        if s > max {
-            ms = expf(max - s);
-            max = s;
-            for acc in out.iter_mut() {
-                *acc = f16_round(*acc * ms);
-            }
-        } else {
-            vs = expf(s - max);
-        }
-        // `ggml_vec_mad_f16`: one fused multiply-add per value, rounded to f16.
-        for (acc, &v) in out.iter_mut().zip(value(t)) {
-            *acc = f16_round(libm::fmaf(f16_round(v), vs, *acc));
-        }
-        sum = libm::fmaf(sum, ms, vs);
+impl CpuCache {
+    fn len(&self) -> usize {
+        self.rows().len()
     }
-    let inv = 1.0 / sum;
-    for acc in out.iter_mut() {
-        *acc *= inv;
+
+    fn rows(&self) -> KvRows<'_> {
+        match self {
+            Self::F16(v) => KvRows::F16(v),
+            Self::F32(v) => KvRows::F32(v),
+        }
     }
 }
+
+/// Weight rows per tile of a batched product: a tile's rows stay in cache while every
+/// activation row passes over them.
+const TILE: usize = 16;
 
 /// Output rows `first..` of a matrix product, transposed: `chunk[i * rows + r]` is weight row
-/// `first + i` times activation row `r`.
-#[inline(always)]
+/// `first + i` times activation row `r`. Weight rows are taken a tile at a time, so each is read
+/// from memory once for the whole batch.
 fn matmul_chunk(
+    isa: Isa,
     w: &CpuMatrix<'_>,
     acts: &Activations,
     rows: usize,
@@ -161,49 +113,48 @@ fn matmul_chunk(
     chunk: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<()> {
-    for (i, col) in chunk.chunks_exact_mut(rows).enumerate() {
-        let wrow = w.row(first + i);
-        for (r, y) in col.iter_mut().enumerate() {
+    let bad = |e| Error::Invalid(alloc::format!("tensor {}: {e}", w.data.name));
+    let mut tile = [0f32; TILE];
+    for (t, cols) in chunk.chunks_mut(TILE * rows).enumerate() {
+        let n = cols.len() / rows;
+        let start = first + t * TILE;
+        let bytes = &w.data.bytes[start * w.row_bytes..(start + n) * w.row_bytes];
+        for r in 0..rows {
             let a = acts
                 .row(r)
                 .ok_or_else(|| short("matmul activations", r, rows))?;
-            *y = dot(w.dtype(), wrow, a, scratch)
-                .map_err(|e| Error::Invalid(alloc::format!("tensor {}: {e}", w.data.name)))?;
+            isa.dot_rows(w.dtype(), bytes, a, scratch, &mut tile[..n])
+                .map_err(bad)?;
+            for (i, &v) in tile[..n].iter().enumerate() {
+                cols[i * rows + r] = v;
+            }
         }
     }
     Ok(())
 }
 
-/// [`matmul_chunk`] compiled for AVX2: the same scalar code, which the compiler vectorizes
-/// wider. Integer sums are exact and no float operation is fused or reordered, so the results
-/// are bit-identical to the baseline build's.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-fn matmul_chunk_avx2(
-    w: &CpuMatrix<'_>,
-    acts: &Activations,
-    rows: usize,
-    first: usize,
-    chunk: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<()> {
-    matmul_chunk(w, acts, rows, first, chunk, scratch)
-}
-
 /// The CPU backend.
 #[derive(Debug)]
 pub struct Cpu {
-    threads: usize,
+    isa: Isa,
+    pool: Pool,
     acts: Activations,
     /// `[out_cols, rows]`: matmul results before they are transposed into place.
     transposed: Vec<f32>,
 }
 
 impl Cpu {
-    /// A backend that splits work over `threads` threads (at least 1; only with `std`).
+    /// A backend that splits work over `threads` threads (at least 1; only with `std`, and not
+    /// on wasm) and runs the fastest kernels this CPU has.
     pub fn new(threads: usize) -> Self {
+        Self::with_isa(threads, Isa::detect())
+    }
+
+    /// A backend on a chosen instruction set ([`Isa::SCALAR`] runs the reference kernels).
+    pub fn with_isa(threads: usize, isa: Isa) -> Self {
         Self {
-            threads: threads.max(1),
+            isa,
+            pool: Pool::new(threads.max(1)),
             acts: Activations::default(),
             transposed: Vec::new(),
         }
@@ -211,7 +162,75 @@ impl Cpu {
 
     /// Threads in use.
     pub fn threads(&self) -> usize {
-        self.threads
+        self.pool.threads
+    }
+
+    /// The kernels' instruction set.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+}
+
+/// The worker threads: a rayon pool natively, the calling thread alone elsewhere.
+struct Pool {
+    threads: usize,
+    #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl core::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Pool")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Pool {
+    fn new(threads: usize) -> Self {
+        #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+        {
+            // A pool that cannot start (no threads left in the process) runs on the caller.
+            let pool = (threads > 1)
+                .then(|| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        // The caller is worker 0: no hand-off to wait for on every product.
+                        .use_current_thread()
+                        .thread_name(|i| alloc::format!("apr-cpu-{i}"))
+                        .build()
+                        .ok()
+                })
+                .flatten();
+            let threads = if pool.is_some() { threads } else { 1 };
+            Self { threads, pool }
+        }
+        #[cfg(not(all(feature = "std", not(target_arch = "wasm32"))))]
+        {
+            let _ = threads;
+            Self { threads: 1 }
+        }
+    }
+
+    /// Runs `f(first_item, chunk)` over `out` split into at most `threads` runs of whole items
+    /// of `item` values each; `parallel` false keeps it on the calling thread.
+    fn split<F>(&self, parallel: bool, out: &mut [f32], item: usize, f: F) -> Result<()>
+    where
+        F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
+    {
+        let items = out.len() / item.max(1);
+        #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+        if let Some(pool) = self.pool.as_ref().filter(|_| parallel && items > 1) {
+            use rayon::prelude::*;
+            let per = items.div_ceil(self.threads);
+            return pool.install(|| {
+                out.par_chunks_mut(per * item)
+                    .enumerate()
+                    .try_for_each(|(t, chunk)| f(t * per, chunk))
+            });
+        }
+        let _ = (parallel, items);
+        f(0, out)
     }
 }
 
@@ -230,38 +249,10 @@ fn slice_mut<'b>(buf: &'b mut [f32], len: usize, what: &str) -> Result<&'b mut [
     buf.get_mut(..len).ok_or_else(|| short(what, len, have))
 }
 
-/// Runs `f(first_item, chunk)` over `out` split into at most `threads` runs of whole items of
-/// `item` values each.
-fn split_work<F>(threads: usize, out: &mut [f32], item: usize, f: F) -> Result<()>
-where
-    F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
-{
-    let items = out.len() / item.max(1);
-    #[cfg(feature = "std")]
-    if threads > 1 && items > 1 {
-        let per = items.div_ceil(threads);
-        return std::thread::scope(|s| {
-            let handles: Vec<_> = out
-                .chunks_mut(per * item)
-                .enumerate()
-                .map(|(t, chunk)| {
-                    let f = &f;
-                    s.spawn(move || f(t * per, chunk))
-                })
-                .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join()
-                    .map_err(|_| Error::Invalid("a compute thread panicked".into()))?
-            })
-        });
-    }
-    let _ = (threads, items);
-    f(0, out)
-}
-
 impl Backend for Cpu {
     type Buf = Vec<f32>;
     type Matrix<'w> = CpuMatrix<'w>;
+    type Cache = CpuCache;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -372,24 +363,14 @@ impl Backend for Cpu {
         let acts = &self.acts;
         let transposed = &mut self.transposed;
         transposed.resize(m * rows, 0.0);
+        let isa = self.isa;
+        let decoded = ActKind::for_weight(w.dtype()) == ActKind::F32;
         // Small products are not worth a thread.
-        let threads = if m * k < 1 << 16 { 1 } else { self.threads };
-        split_work(threads, transposed, rows, |first, chunk| {
-            let mut scratch = vec![
-                0f32;
-                if ActKind::for_weight(w.dtype()) == ActKind::F32 {
-                    k
-                } else {
-                    0
-                }
-            ];
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2, checked just above.
-                return unsafe { matmul_chunk_avx2(w, acts, rows, first, chunk, &mut scratch) };
-            }
-            matmul_chunk(w, acts, rows, first, chunk, &mut scratch)
-        })?;
+        self.pool
+            .split(m * k >= 1 << 16, transposed, rows, |first, chunk| {
+                let mut scratch = vec![0f32; if decoded { k } else { 0 }];
+                matmul_chunk(isa, w, acts, rows, first, chunk, &mut scratch)
+            })?;
         for (j, col) in transposed.chunks_exact(rows).enumerate() {
             for (r, &v) in col.iter().enumerate() {
                 out[r * m + j] = v;
@@ -444,6 +425,34 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn cache(&mut self, len: usize, ty: KvType) -> Result<CpuCache> {
+        Ok(match ty {
+            KvType::F16 => CpuCache::F16(vec![0; len]),
+            KvType::F32 => CpuCache::F32(vec![0.0; len]),
+        })
+    }
+
+    fn store(
+        &mut self,
+        src: &Vec<f32>,
+        cache: &mut CpuCache,
+        row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        let src = slice(src, rows * width, "cache store source")?;
+        let have = cache.len();
+        let range = row * width..(row + rows) * width;
+        let missing = || short("cache store", (row + rows) * width, have);
+        match cache {
+            CpuCache::F16(c) => self
+                .isa
+                .encode_f16(src, c.get_mut(range).ok_or_else(missing)?),
+            CpuCache::F32(c) => c.get_mut(range).ok_or_else(missing)?.copy_from_slice(src),
+        }
+        Ok(())
+    }
+
     fn copy_rows(
         &mut self,
         src: &Vec<f32>,
@@ -466,8 +475,8 @@ impl Backend for Cpu {
     fn attention(
         &mut self,
         q: &Vec<f32>,
-        k_cache: &Vec<f32>,
-        v_cache: &Vec<f32>,
+        k_cache: &CpuCache,
+        v_cache: &CpuCache,
         shape: AttnShape,
         out: &mut Vec<f32>,
     ) -> Result<()> {
@@ -482,46 +491,34 @@ impl Backend for Cpu {
         let kv_width = kv_heads * head_dim;
         let group = heads / kv_heads.max(1);
         let q = slice(q, rows * width, "attention query")?;
-        let keys = slice(k_cache, (pos0 + rows) * kv_width, "K cache")?;
-        let values = slice(v_cache, (pos0 + rows) * kv_width, "V cache")?;
+        for (cache, what) in [(k_cache, "K cache"), (v_cache, "V cache")] {
+            if cache.len() < (pos0 + rows) * kv_width {
+                return Err(short(what, (pos0 + rows) * kv_width, cache.len()));
+            }
+        }
         let out = slice_mut(out, rows * width, "attention output")?;
         let scale = 1.0 / libm::sqrtf(head_dim as f32);
-        let threads = if rows * (pos0 + rows) < 256 {
-            1
-        } else {
-            self.threads
-        };
+        let isa = self.isa;
+        // Worth a thread once there is a few hundred thousand multiply-adds to share.
+        let parallel = rows * heads * (pos0 + rows) * head_dim >= 1 << 17;
         // One item is one (row, head) pair's output.
-        split_work(threads, out, head_dim, |first, chunk| {
-            let mut q16 = vec![0f32; head_dim];
-            let mut k16 = vec![0f32; head_dim];
-            let mut acc = vec![0f32; head_dim];
+        self.pool.split(parallel, out, head_dim, |first, chunk| {
+            let mut qh = vec![0f32; head_dim];
+            let mut k = vec![0f32; head_dim];
+            let mut v = vec![0f32; head_dim];
             for (n, o) in chunk.chunks_exact_mut(head_dim).enumerate() {
                 let item = first + n;
                 let (i, h) = (item / heads, item % heads);
-                let kvh = h / group;
-                for (d, &v) in q16
-                    .iter_mut()
-                    .zip(&q[i * width + h * head_dim..][..head_dim])
-                {
-                    *d = f16_round(v);
-                }
-                attend_one(
-                    &q16,
-                    |t| {
-                        for (d, &v) in k16
-                            .iter_mut()
-                            .zip(&keys[t * kv_width + kvh * head_dim..][..head_dim])
-                        {
-                            *d = f16_round(v);
-                        }
-                        dot_f16_ggml(&q16, &k16) * scale
-                    },
-                    |t| &values[t * kv_width + kvh * head_dim..][..head_dim],
-                    pos0 + i + 1,
-                    &mut acc,
-                );
-                o.copy_from_slice(&acc);
+                qh.copy_from_slice(&q[i * width + h * head_dim..][..head_dim]);
+                let head = AttnHead {
+                    keys: k_cache.rows(),
+                    values: v_cache.rows(),
+                    stride: kv_width,
+                    offset: (h / group) * head_dim,
+                    len: pos0 + i + 1,
+                    scale,
+                };
+                isa.attend(&mut qh, &head, &mut k, &mut v, o);
             }
             Ok(())
         })

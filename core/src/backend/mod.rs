@@ -29,6 +29,49 @@ pub struct MatrixData<'w> {
     pub bytes: Cow<'w, [u8]>,
 }
 
+/// How the KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// Half precision, as llama.cpp's default cache: half the memory, and the attention
+    /// arithmetic that gives llama.cpp's logits.
+    #[default]
+    F16,
+    /// Single precision: twice the memory, no rounding of keys, values or their running sum.
+    F32,
+}
+
+impl KvType {
+    /// `"f16"` or `"f32"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        }
+    }
+
+    /// Bytes per cached value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F16 => 2,
+            Self::F32 => 4,
+        }
+    }
+}
+
+impl core::str::FromStr for KvType {
+    type Err = alloc::string::String;
+
+    fn from_str(s: &str) -> core::result::Result<Self, Self::Err> {
+        match s {
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            _ => Err(alloc::format!(
+                "unknown KV cache type {s:?} (expected f16 or f32)"
+            )),
+        }
+    }
+}
+
 /// The shape of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnShape {
@@ -51,6 +94,8 @@ pub trait Backend {
     type Buf;
     /// A weight matrix in its stored type; `'w` is the lifetime of the file's bytes.
     type Matrix<'w>;
+    /// One layer's keys or values: `[ctx, kv_heads * head_dim]` in a [`KvType`].
+    type Cache;
 
     /// A short name for reports (`"cpu"`, `"wgpu"`).
     fn name(&self) -> &'static str;
@@ -100,8 +145,19 @@ pub trait Backend {
         pos0: usize,
         theta: f32,
     ) -> Result<()>;
+    /// A cache of `len` values stored as `ty`, zeroed.
+    fn cache(&mut self, len: usize, ty: KvType) -> Result<Self::Cache>;
+    /// Stores `rows` rows of `width` values from `src` into `cache` from row `row` on.
+    fn store(
+        &mut self,
+        src: &Self::Buf,
+        cache: &mut Self::Cache,
+        row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()>;
     /// Copies `rows` rows of `width` values from `src` (from row `src_row`) into `dst` (from row
-    /// `dst_row`): K and V into the cache, selected rows into scratch.
+    /// `dst_row`): selected rows into scratch.
     fn copy_rows(
         &mut self,
         src: &Self::Buf,
@@ -116,8 +172,8 @@ pub trait Backend {
     fn attention(
         &mut self,
         q: &Self::Buf,
-        k_cache: &Self::Buf,
-        v_cache: &Self::Buf,
+        k_cache: &Self::Cache,
+        v_cache: &Self::Cache,
         shape: AttnShape,
         out: &mut Self::Buf,
     ) -> Result<()>;

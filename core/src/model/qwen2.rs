@@ -12,7 +12,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use super::config::{Config, MAX_CONTEXT};
-use crate::backend::{AttnShape, Backend, MatrixData, decode_vector};
+use crate::backend::{AttnShape, Backend, KvType, MatrixData, decode_vector};
 use crate::format::model::ModelFile;
 use crate::{Error, Result};
 
@@ -129,8 +129,8 @@ struct Block<'w, B: Backend> {
     w_gate: B::Matrix<'w>, // [ffn, hidden]
     w_up: B::Matrix<'w>,   // [ffn, hidden]
     w_down: B::Matrix<'w>, // [hidden, ffn]
-    k_cache: B::Buf,       // [ctx, kv_width]
-    v_cache: B::Buf,       // [ctx, kv_width]
+    k_cache: B::Cache,     // [ctx, kv_width]
+    v_cache: B::Cache,     // [ctx, kv_width]
 }
 
 /// Activations for one batch, allocated once.
@@ -152,6 +152,7 @@ pub struct Qwen2<'w, B: Backend> {
     config: Config,
     backend: B,
     ctx: usize,
+    kv_type: KvType,
     pos: usize,
     embed: B::Matrix<'w>,           // [vocab, hidden]
     lm_head: Option<B::Matrix<'w>>, // [vocab, hidden]; None when tied to `embed`
@@ -221,9 +222,19 @@ fn vector<B: Backend>(
 }
 
 impl<'w, B: Backend> Qwen2<'w, B> {
-    /// Builds the model from a parsed file, with a KV cache for `ctx` positions. Weights stay in
-    /// their stored type; raw tensors are borrowed from the file's bytes.
-    pub fn load(model: &ModelFile<'w>, mut backend: B, ctx: usize) -> Result<Self> {
+    /// Builds the model from a parsed file, with an f16 KV cache for `ctx` positions. Weights
+    /// stay in their stored type; raw tensors are borrowed from the file's bytes.
+    pub fn load(model: &ModelFile<'w>, backend: B, ctx: usize) -> Result<Self> {
+        Self::load_with_cache(model, backend, ctx, KvType::F16)
+    }
+
+    /// [`Qwen2::load`] with the KV cache stored as `kv_type`.
+    pub fn load_with_cache(
+        model: &ModelFile<'w>,
+        mut backend: B,
+        ctx: usize,
+        kv_type: KvType,
+    ) -> Result<Self> {
         let config = Config::from_model(model)?;
         if ctx == 0 || ctx > MAX_CONTEXT {
             return Err(Error::Invalid(format!(
@@ -262,8 +273,8 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 w_gate: matrix(b, model, &n("ffn_gate.weight"), ffn, hidden)?,
                 w_up: matrix(b, model, &n("ffn_up.weight"), ffn, hidden)?,
                 w_down: matrix(b, model, &n("ffn_down.weight"), hidden, ffn)?,
-                k_cache: b.zeros(ctx * kv)?,
-                v_cache: b.zeros(ctx * kv)?,
+                k_cache: b.cache(ctx * kv, kv_type)?,
+                v_cache: b.cache(ctx * kv, kv_type)?,
             });
         }
         let s = Scratch {
@@ -282,6 +293,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             config,
             backend,
             ctx,
+            kv_type,
             pos: 0,
             embed,
             lm_head,
@@ -289,6 +301,11 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             blocks,
             s,
         })
+    }
+
+    /// How the KV cache stores keys and values.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// The model's shape.
@@ -424,8 +441,8 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 bk.rope(&mut s.k, rows, kv_heads, head_dim, pos0, rope_theta)
             });
             op!(Op::KvStore, {
-                bk.copy_rows(&s.k, 0, &mut b.k_cache, pos0, rows, kv)?;
-                bk.copy_rows(&s.v, 0, &mut b.v_cache, pos0, rows, kv)
+                bk.store(&s.k, &mut b.k_cache, pos0, rows, kv)?;
+                bk.store(&s.v, &mut b.v_cache, pos0, rows, kv)
             });
             let shape = AttnShape {
                 rows,

@@ -67,11 +67,41 @@ impl ActKind {
 pub enum ActRow<'a> {
     /// f32 values.
     F32(&'a [f32]),
-    /// Q8_0 blocks.
-    Q8_0(&'a [BlockQ8_0]),
+    /// Q8_0 blocks, with what the SIMD kernels precompute from them.
+    Q8_0(&'a [BlockQ8_0], Q8Sums<'a>),
     /// Q8_K super-blocks, and where the row sits in its batch: llama.cpp picks its K-quant
     /// kernel by batch size, and each sums in its own order.
     Q8K(&'a [BlockQ8K], BatchRow),
+}
+
+/// Per Q8_0 activation block, what every weight row's dot product would otherwise recompute:
+/// the scale as f32 and, negated, the sums of each run of four values (lane `l` of block `b` is
+/// `-(qs[4l] + .. + qs[4l + 3])`). The unsigned-times-signed kernels take weights as
+/// `q + offset` and subtract `offset` times these sums. Kernels that find them missing or of
+/// the wrong length ignore them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Q8Sums<'a> {
+    /// `f16_to_f32(block.d)` per block.
+    pub d: &'a [f32],
+    /// Negated sums of four per block.
+    pub neg_sums: &'a [[i32; 8]],
+}
+
+impl Q8Sums<'_> {
+    /// Computes them for `blocks` into the two buffers, replacing their contents.
+    pub fn fill(blocks: &[BlockQ8_0], d: &mut Vec<f32>, neg_sums: &mut Vec<[i32; 8]>) {
+        d.clear();
+        d.extend(blocks.iter().map(|b| f16_to_f32(b.d)));
+        neg_sums.clear();
+        neg_sums.extend(blocks.iter().map(|b| {
+            core::array::from_fn(|l| {
+                -b.qs[4 * l..4 * l + 4]
+                    .iter()
+                    .map(|&q| i32::from(q))
+                    .sum::<i32>()
+            })
+        }));
+    }
 }
 
 /// Row `row` of a batch of `rows` activation rows.
@@ -89,12 +119,12 @@ impl BatchRow {
 
     /// Whether llama.cpp's repacked Q4_K kernels take this row in a group of four (`gemm`)
     /// rather than alone (`gemv`).
-    fn in_group_of_four(self) -> bool {
+    pub(crate) fn in_group_of_four(self) -> bool {
         self.row < self.rows - self.rows % 4
     }
 
     /// Whether llama.cpp's tiled K-quant matrix multiply (batches of 8 rows or more) takes it.
-    fn tiled(self) -> bool {
+    pub(crate) fn tiled(self) -> bool {
         self.rows >= 8
     }
 }
@@ -107,6 +137,8 @@ pub struct Activations {
     cols: usize,
     f32s: Vec<f32>,
     q8_0: Vec<BlockQ8_0>,
+    q8_d: Vec<f32>,
+    q8_sums: Vec<[i32; 8]>,
     q8k: Vec<BlockQ8K>,
 }
 
@@ -141,6 +173,7 @@ impl Activations {
                         quantize_q8_0_act(src, dst);
                     }
                 }
+                Q8Sums::fill(&self.q8_0, &mut self.q8_d, &mut self.q8_sums);
             }
             ActKind::Q8K => {
                 let per_row = whole_blocks(GgmlType::Q4_K, cols, QK_K)?;
@@ -168,7 +201,12 @@ impl Activations {
             ActKind::F32 => self.f32s.get(r * c..(r + 1) * c).map(ActRow::F32),
             ActKind::Q8_0 => {
                 let n = c / QK;
-                self.q8_0.get(r * n..(r + 1) * n).map(ActRow::Q8_0)
+                let range = r * n..(r + 1) * n;
+                let sums = Q8Sums {
+                    d: self.q8_d.get(range.clone())?,
+                    neg_sums: self.q8_sums.get(range.clone())?,
+                };
+                self.q8_0.get(range).map(|b| ActRow::Q8_0(b, sums))
             }
             ActKind::Q8K => {
                 let n = c / QK_K;
@@ -245,9 +283,9 @@ pub fn dot(
         elements,
     };
     match (ty, x) {
-        (GgmlType::Q8_0, ActRow::Q8_0(y)) => blocks(ty, row, y, unpack_q8_0),
-        (GgmlType::Q5_0, ActRow::Q8_0(y)) => blocks(ty, row, y, unpack_q5_0),
-        (GgmlType::Q4_0, ActRow::Q8_0(y)) => blocks(ty, row, y, unpack_q4_0),
+        (GgmlType::Q8_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q8_0),
+        (GgmlType::Q5_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q5_0),
+        (GgmlType::Q4_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q4_0),
         (GgmlType::Q4_K, ActRow::Q8K(y, at)) => q4_k_repacked(row, y, at.in_group_of_four()),
         (GgmlType::Q5_K, ActRow::Q8K(y, _)) => k_blocks(ty, row, y, dot_q5_k),
         (GgmlType::Q6_K, ActRow::Q8K(y, at)) if at.tiled() => q6_k_tiled(row, y),
@@ -271,14 +309,14 @@ pub fn dot(
             super::dequantize(ty, row, w)?;
             Ok(dot_f32(w, y))
         }
-        (_, ActRow::Q8_0(y)) => Err(mismatch(y.len() * QK)),
+        (_, ActRow::Q8_0(y, _)) => Err(mismatch(y.len() * QK)),
         (_, ActRow::Q8K(y, _)) => Err(mismatch(y.len() * QK_K)),
     }
 }
 
 /// `row` as the blocks of a weight row of type `ty`, one per activation block.
 #[inline(always)]
-fn weight_blocks<B: Pod>(
+pub(crate) fn weight_blocks<B: Pod>(
     ty: GgmlType,
     row: &[u8],
     blocks: usize,
@@ -318,7 +356,7 @@ fn blocks<B: Pod>(
 
 /// `hsum_float_8`: lanes folded as (l + l+4), then (0 + 2, 1 + 3), then (0 + 1).
 #[inline(always)]
-fn hsum8(a: &[f32; 8]) -> f32 {
+pub(crate) fn hsum8(a: &[f32; 8]) -> f32 {
     let h: [f32; 4] = core::array::from_fn(|l| a[l + 4] + a[l]);
     (h[0] + h[2]) + (h[1] + h[3])
 }
@@ -410,7 +448,7 @@ fn unpack_q5_0(x: &BlockQ5_0) -> (f32, [i8; QK]) {
 
 /// The 8 six-bit scales and 8 mins of a Q4_K/Q5_K block, unpacked as the ggml kernels do.
 #[inline(always)]
-fn k4_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn k4_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
         let (s, m) = super::dequant::scale_min_k4(j, q);
@@ -623,7 +661,7 @@ mod tests {
                 // The activation side as the kernel sees it.
                 let xd: Vec<f32> = match acts.row(0).unwrap() {
                     ActRow::F32(v) => v.to_vec(),
-                    ActRow::Q8_0(b) => {
+                    ActRow::Q8_0(b, _) => {
                         let mut v = vec![0f32; n];
                         dequantize(Q8_0, as_bytes(b), &mut v).unwrap();
                         v

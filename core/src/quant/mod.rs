@@ -11,6 +11,8 @@ pub mod blocks;
 mod dequant;
 pub mod dot;
 mod quantize;
+pub mod simd;
+pub mod vec;
 
 use crate::dtype::GgmlType;
 

@@ -1,0 +1,426 @@
+//! SIMD implementations of the dot kernels, chosen once per process.
+//!
+//! The scalar kernels of [`super::dot`] are the specification; every implementation here gives
+//! their results bit for bit (integer sums are exact in any order, and the float operations keep
+//! the reference's lanes, fusions and reduction order), and the tests run each one the machine
+//! has against the reference on seeded random blocks. On x86_64 the level is detected at run
+//! time; on aarch64 (NEON) and wasm32 (`simd128`) it is fixed when compiling.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use alloc::vec::Vec;
+
+use super::dot::ActRow;
+use super::{QuantError, vec};
+use crate::dtype::GgmlType;
+
+/// Calls `$call` in the module of `$isa`'s level, or `$scalar` for the reference.
+macro_rules! level {
+    ($isa:expr, $call:ident($($arg:expr),*), $scalar:expr) => {
+        match $isa.0 {
+            Level::Scalar => $scalar,
+            // SAFETY: an `Isa` of this level exists only when the CPU has its features.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { x86::avx2::$call($($arg),*) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { x86::avx512::$call($($arg),*) },
+        }
+    };
+}
+
+/// An instruction set this process may run kernels with. Only [`Isa::detect`] and
+/// [`Isa::available`] make one, so holding an `Isa` means the CPU supports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Isa(Level);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Level {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The portable reference kernels, available everywhere.
+    pub const SCALAR: Self = Self(Level::Scalar);
+
+    /// The fastest implementation this CPU runs (detected once, then cached).
+    pub fn detect() -> Self {
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        {
+            static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+            *BEST.get_or_init(|| Self::available().last().copied().unwrap_or(Self::SCALAR))
+        }
+        #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+        {
+            Self::available().last().copied().unwrap_or(Self::SCALAR)
+        }
+    }
+
+    /// Every implementation this CPU runs, slowest (scalar) first.
+    pub fn available() -> Vec<Self> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut all = alloc::vec![Self::SCALAR];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx2() {
+                all.push(Self(Level::Avx2));
+            }
+            if x86::has_avx512() {
+                all.push(Self(Level::Avx512));
+            }
+        }
+        all
+    }
+
+    /// A short name for reports: `scalar`, `avx2`, `avx512-vnni`.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            Level::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => "avx512-vnni",
+        }
+    }
+
+    /// `w · x` as [`super::dot::dot`] defines it, with this instruction set where it has a
+    /// kernel for `ty` and the reference otherwise.
+    #[inline]
+    pub fn dot(
+        self,
+        ty: GgmlType,
+        row: &[u8],
+        x: ActRow<'_>,
+        scratch: &mut [f32],
+    ) -> Result<f32, QuantError> {
+        let mut out = [0f32];
+        self.dot_rows(ty, row, x, scratch, &mut out)?;
+        Ok(out[0])
+    }
+
+    /// `out[i] = w_i · x` for the `out.len()` rows of equal length that `rows` holds: one call
+    /// for a run of weight rows, so the kernel and its checks are chosen once per run.
+    pub fn dot_rows(
+        self,
+        ty: GgmlType,
+        rows: &[u8],
+        x: ActRow<'_>,
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        let fast: Option<()> = match self.0 {
+            Level::Scalar => None,
+            // SAFETY: an `Isa` of this level exists only when the CPU has its features.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { x86::avx2::dot_rows(ty, rows, x, out)? },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { x86::avx512::dot_rows(ty, rows, x, out)? },
+        };
+        if fast.is_some() {
+            return Ok(());
+        }
+        let n = out.len().max(1);
+        if !rows.len().is_multiple_of(n) {
+            return Err(QuantError::SizeMismatch {
+                ty,
+                bytes: rows.len(),
+                elements: out.len(),
+            });
+        }
+        for (o, row) in out
+            .iter_mut()
+            .zip(rows.chunks_exact((rows.len() / n).max(1)))
+        {
+            *o = self.decoded(ty, row, x, scratch)?;
+        }
+        Ok(())
+    }
+
+    /// The reference path for the types without an integer kernel here: decode the row to f32
+    /// (exact), then this level's f32 dot.
+    fn decoded(
+        self,
+        ty: GgmlType,
+        row: &[u8],
+        x: ActRow<'_>,
+        scratch: &mut [f32],
+    ) -> Result<f32, QuantError> {
+        let ActRow::F32(y) = x else {
+            return super::dot::dot(ty, row, x, scratch);
+        };
+        let w = scratch.get_mut(..y.len()).ok_or(QuantError::SizeMismatch {
+            ty,
+            bytes: row.len(),
+            elements: y.len(),
+        })?;
+        super::dequantize(ty, row, w)?;
+        Ok(self.dot_f32(w, y))
+    }
+
+    /// [`vec::encode_f16`] with this instruction set.
+    pub fn encode_f16(self, src: &[f32], dst: &mut [u16]) {
+        level!(self, encode_f16(src, dst), vec::encode_f16(src, dst));
+    }
+
+    /// [`vec::decode_f16`] with this instruction set.
+    pub fn decode_f16(self, src: &[u16], dst: &mut [f32]) {
+        level!(self, decode_f16(src, dst), vec::decode_f16(src, dst));
+    }
+
+    /// [`vec::round_f16_slice`] with this instruction set.
+    pub fn round_f16_slice(self, x: &mut [f32]) {
+        level!(self, round_f16_slice(x), vec::round_f16_slice(x));
+    }
+
+    /// [`vec::dot_ggml`] with this instruction set.
+    pub fn dot_ggml(self, x: &[f32], y: &[f32]) -> f32 {
+        level!(self, dot_ggml(x, y), vec::dot_ggml(x, y))
+    }
+
+    /// [`vec::scale`] with this instruction set.
+    pub fn scale(self, acc: &mut [f32], s: f32, f16: bool) {
+        level!(self, scale(acc, s, f16), vec::scale(acc, s, f16));
+    }
+
+    /// [`vec::mad`] with this instruction set.
+    pub fn mad(self, acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
+        level!(self, mad(acc, v, s, f16), vec::mad(acc, v, s, f16));
+    }
+
+    /// [`vec::attend`] with this instruction set.
+    pub fn attend(
+        self,
+        q: &mut [f32],
+        head: &vec::AttnHead<'_>,
+        k: &mut [f32],
+        v: &mut [f32],
+        out: &mut [f32],
+    ) {
+        level!(
+            self,
+            attend(q, head, k, v, out),
+            vec::attend(q, head, k, v, out)
+        );
+    }
+
+    /// [`super::dot::dot_f32`] with this instruction set.
+    pub fn dot_f32(self, w: &[f32], x: &[f32]) -> f32 {
+        level!(self, dot_f32(w, x), super::dot::dot_f32(w, x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::dot::{ActKind, Activations, dot};
+    use crate::quant::quantize;
+
+    /// Seeded values with Qwen-like outliers, so scales and signs vary block to block.
+    fn values(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                if i % 97 == 0 { u * 40.0 } else { u }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_level_matches_the_scalar_reference_bit_for_bit() {
+        let levels = Isa::available();
+        assert_eq!(levels[0], Isa::SCALAR);
+        let cols = 4 * crate::quant::QK_K;
+        let types = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+        ];
+        let mut checked = 0;
+        for (t, &ty) in types.iter().enumerate() {
+            for seed in 0..8u64 {
+                let w = values(seed * 31 + t as u64, cols);
+                let len = ty.bytes_for(cols as u64).expect("size") as usize;
+                let mut bytes = alloc::vec![0u8; len];
+                if crate::quant::can_quantize(ty) {
+                    quantize(ty, &w, &mut bytes).expect("quantize");
+                } else {
+                    // Q5_K has no quantizer here: random levels, sane f16 scales.
+                    assert_eq!(ty, GgmlType::Q5_K);
+                    for (i, b) in bytes.iter_mut().enumerate() {
+                        *b = (w[i % cols].to_bits() >> 7) as u8;
+                    }
+                    for block in bytes.chunks_exact_mut(176) {
+                        block[..2].copy_from_slice(&crate::quant::f32_to_f16(0.01));
+                        block[2..4].copy_from_slice(&crate::quant::f32_to_f16(0.002));
+                    }
+                }
+                // Batches of 1, 5 (a group of four and a single row) and 9 (tiled).
+                for rows in [1usize, 5, 9] {
+                    let x = values(1000 + seed, rows * cols);
+                    let mut acts = Activations::default();
+                    acts.encode(ActKind::for_weight(ty), &x, rows, cols)
+                        .expect("encode");
+                    let mut scratch = alloc::vec![0f32; cols];
+                    for r in 0..rows {
+                        let a = acts.row(r).expect("row");
+                        let want = dot(ty, &bytes, a, &mut scratch).expect("reference");
+                        for &isa in &levels {
+                            let got = isa.dot(ty, &bytes, a, &mut scratch).expect("kernel");
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{ty} on {}: {got} vs reference {want} (seed {seed}, row {r} of {rows})",
+                                isa.name()
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked >= types.len() * 8 * 15);
+    }
+
+    #[test]
+    fn attention_vector_kernels_match_the_reference_on_every_level() {
+        for n in [64usize, 128, 7, 72] {
+            let x = values(7 + n as u64, n);
+            let y = values(8 + n as u64, n);
+            let mut halves = alloc::vec![0u16; n];
+            vec::encode_f16(&x, &mut halves);
+            for isa in Isa::available() {
+                let name = isa.name();
+                let mut h = alloc::vec![0u16; n];
+                isa.encode_f16(&x, &mut h);
+                assert_eq!(h, halves, "encode_f16 on {name}");
+                let (mut a, mut b) = (alloc::vec![0f32; n], alloc::vec![0f32; n]);
+                vec::decode_f16(&halves, &mut a);
+                isa.decode_f16(&halves, &mut b);
+                assert_eq!(a, b, "decode_f16 on {name}");
+                let (mut a, mut b) = (x.clone(), x.clone());
+                vec::round_f16_slice(&mut a);
+                isa.round_f16_slice(&mut b);
+                assert_eq!(a, b, "round_f16_slice on {name}");
+                let want = vec::dot_ggml(&x, &y);
+                assert_eq!(
+                    isa.dot_ggml(&x, &y).to_bits(),
+                    want.to_bits(),
+                    "dot_ggml on {name}"
+                );
+                for f16 in [false, true] {
+                    let (mut a, mut b) = (x.clone(), x.clone());
+                    vec::scale(&mut a, 0.37, f16);
+                    isa.scale(&mut b, 0.37, f16);
+                    assert_eq!(a, b, "scale on {name}");
+                    vec::mad(&mut a, &y, 1.7, f16);
+                    isa.mad(&mut b, &y, 1.7, f16);
+                    assert_eq!(a, b, "mad on {name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_matches_the_reference_on_every_level() {
+        let (dim, kv_heads, len) = (64usize, 2usize, 40usize);
+        let stride = dim * kv_heads;
+        let keys = values(21, len * stride);
+        let vals = values(22, len * stride);
+        let (mut k16, mut v16) = (alloc::vec![0u16; keys.len()], alloc::vec![0u16; vals.len()]);
+        vec::encode_f16(&keys, &mut k16);
+        vec::encode_f16(&vals, &mut v16);
+        let q = values(23, dim);
+        for (kr, vr) in [
+            (vec::KvRows::F16(&k16), vec::KvRows::F16(&v16)),
+            (vec::KvRows::F32(&keys), vec::KvRows::F32(&vals)),
+        ] {
+            for n in [1, 7, len] {
+                let head = vec::AttnHead {
+                    keys: kr,
+                    values: vr,
+                    stride,
+                    offset: dim,
+                    len: n,
+                    scale: 0.125,
+                };
+                let mut scratch = [alloc::vec![0f32; dim], alloc::vec![0f32; dim]];
+                let (mut want, mut qq) = (alloc::vec![0f32; dim], q.clone());
+                let [k, v] = &mut scratch;
+                vec::attend(&mut qq, &head, k, v, &mut want);
+                assert!(want.iter().any(|&x| x != 0.0));
+                for isa in Isa::available() {
+                    let (mut got, mut qq) = (alloc::vec![0f32; dim], q.clone());
+                    isa.attend(&mut qq, &head, k, v, &mut got);
+                    assert_eq!(got, want, "attend on {} over {n} positions", isa.name());
+                }
+            }
+        }
+        // A head reaching past the cache computes nothing rather than reading out of bounds.
+        let head = vec::AttnHead {
+            keys: vec::KvRows::F32(&keys),
+            values: vec::KvRows::F32(&vals),
+            stride,
+            offset: dim + 1,
+            len,
+            scale: 1.0,
+        };
+        for isa in Isa::available() {
+            let mut out = alloc::vec![1f32; dim];
+            let (mut k, mut v) = (alloc::vec![0f32; dim], alloc::vec![0f32; dim]);
+            isa.attend(&mut q.clone(), &head, &mut k, &mut v, &mut out);
+            assert!(out.iter().all(|&x| x == 0.0));
+        }
+    }
+
+    #[test]
+    fn hostile_q8_0_weights_at_minus_128_are_exact() {
+        // Files can hold -128, which the quantizer never writes; the sign trick must cope.
+        let cols = 64;
+        let mut bytes = Vec::new();
+        for b in 0..cols / 32 {
+            bytes.extend_from_slice(&crate::quant::f32_to_f16(0.5 + b as f32));
+            bytes.extend((0..32).map(|i| if i % 3 == 0 { 0x80u8 } else { i as u8 }));
+        }
+        let x: Vec<f32> = (0..cols)
+            .map(|i| if i % 2 == 0 { -1.0 } else { 0.75 })
+            .collect();
+        let mut acts = Activations::default();
+        acts.encode(ActKind::Q8_0, &x, 1, cols).expect("encode");
+        let a = acts.row(0).expect("row");
+        let want = dot(GgmlType::Q8_0, &bytes, a, &mut []).expect("reference");
+        for isa in Isa::available() {
+            let got = isa.dot(GgmlType::Q8_0, &bytes, a, &mut []).expect("kernel");
+            assert_eq!(got.to_bits(), want.to_bits(), "{}", isa.name());
+        }
+    }
+
+    #[test]
+    fn size_mismatches_are_errors_on_every_level() {
+        let mut acts = Activations::default();
+        acts.encode(ActKind::Q8_0, &[0.5; 64], 1, 64)
+            .expect("encode");
+        let a = acts.row(0).expect("row");
+        for isa in Isa::available() {
+            assert!(isa.dot(GgmlType::Q5_0, &[0u8; 21], a, &mut []).is_err());
+            assert!(isa.dot(GgmlType::Q8_0, &[0u8; 35], a, &mut []).is_err());
+        }
+    }
+}
