@@ -8,7 +8,8 @@
 //! `ggml_v_expf`.
 //!
 //! With the `std` feature (and not on wasm) the matrix multiplies and attention are split over a
-//! pool of `threads` threads; otherwise everything runs on the calling thread.
+//! team of `threads` threads, the caller among them; otherwise everything runs on the calling
+//! thread.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -47,32 +48,6 @@ impl CpuMatrix<'_> {
         // Bounds were checked when the matrix was made.
         &self.data.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
-}
-
-/// `ggml_v_expf`, the exponential of llama.cpp's vectorised SiLU (the ARM optimized-routines
-/// polynomial, at most 1.5 ulp from `e^x`), lane by lane. llama.cpp's activations, and so its
-/// logits, follow this approximation rather than a correctly rounded `expf`.
-fn ggml_v_expf(x: f32) -> f32 {
-    let c = f32::from_bits;
-    let r = c(0x4b40_0000); // 0x1.8p23
-    let z = libm::fmaf(x, c(0x3fb8_aa3b), r);
-    let n = z - r;
-    let b = libm::fmaf(-n, c(0x35bf_be8e), libm::fmaf(-n, c(0x3f31_7200), x));
-    if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
-    }
-    let u = b * b;
-    let j = libm::fmaf(
-        libm::fmaf(
-            libm::fmaf(c(0x3c07_2010), b, c(0x3d2b_9f17)),
-            u,
-            libm::fmaf(c(0x3e2a_af33), b, c(0x3eff_fedb)),
-        ),
-        u,
-        libm::fmaf(c(0x3f7f_fff6), b, 1.0),
-    );
-    // `_mm512_scalef_ps`: j * 2^n, n a whole number here.
-    libm::ldexpf(j, n as i32)
 }
 
 /// One layer's keys or values on the CPU.
@@ -114,21 +89,28 @@ fn matmul_chunk(
     scratch: &mut [f32],
 ) -> Result<()> {
     let bad = |e| Error::Invalid(alloc::format!("tensor {}: {e}", w.data.name));
-    let mut tile = [0f32; TILE];
+    if rows == 1 {
+        // Decode: one activation row against every weight row of the chunk, in one call.
+        let a = acts
+            .row(0)
+            .ok_or_else(|| short("matmul activations", 1, 0))?;
+        let bytes = &w.data.bytes[first * w.row_bytes..(first + chunk.len()) * w.row_bytes];
+        return isa
+            .dot_rows(w.dtype(), bytes, a, scratch, chunk)
+            .map_err(bad);
+    }
+    let xs = (0..rows)
+        .map(|r| {
+            acts.row(r)
+                .ok_or_else(|| short("matmul activations", r, rows))
+        })
+        .collect::<Result<Vec<_>>>()?;
     for (t, cols) in chunk.chunks_mut(TILE * rows).enumerate() {
         let n = cols.len() / rows;
         let start = first + t * TILE;
         let bytes = &w.data.bytes[start * w.row_bytes..(start + n) * w.row_bytes];
-        for r in 0..rows {
-            let a = acts
-                .row(r)
-                .ok_or_else(|| short("matmul activations", r, rows))?;
-            isa.dot_rows(w.dtype(), bytes, a, scratch, &mut tile[..n])
-                .map_err(bad)?;
-            for (i, &v) in tile[..n].iter().enumerate() {
-                cols[i * rows + r] = v;
-            }
-        }
+        isa.dot_block(w.dtype(), bytes, &xs, scratch, cols)
+            .map_err(bad)?;
     }
     Ok(())
 }
@@ -162,7 +144,7 @@ impl Cpu {
 
     /// Threads in use.
     pub fn threads(&self) -> usize {
-        self.pool.threads
+        self.pool.threads()
     }
 
     /// The kernels' instruction set.
@@ -171,17 +153,17 @@ impl Cpu {
     }
 }
 
-/// The worker threads: a rayon pool natively, the calling thread alone elsewhere.
+/// The worker threads: a [`Team`](super::pool::Team) natively, the calling thread alone
+/// elsewhere.
 struct Pool {
-    threads: usize,
     #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-    pool: Option<rayon::ThreadPool>,
+    team: super::pool::Team,
 }
 
 impl core::fmt::Debug for Pool {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Pool")
-            .field("threads", &self.threads)
+            .field("threads", &self.threads())
             .finish()
     }
 }
@@ -190,25 +172,25 @@ impl Pool {
     fn new(threads: usize) -> Self {
         #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
         {
-            // A pool that cannot start (no threads left in the process) runs on the caller.
-            let pool = (threads > 1)
-                .then(|| {
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        // The caller is worker 0: no hand-off to wait for on every product.
-                        .use_current_thread()
-                        .thread_name(|i| alloc::format!("apr-cpu-{i}"))
-                        .build()
-                        .ok()
-                })
-                .flatten();
-            let threads = if pool.is_some() { threads } else { 1 };
-            Self { threads, pool }
+            Self {
+                team: super::pool::Team::new(threads),
+            }
         }
         #[cfg(not(all(feature = "std", not(target_arch = "wasm32"))))]
         {
             let _ = threads;
-            Self { threads: 1 }
+            Self {}
+        }
+    }
+
+    fn threads(&self) -> usize {
+        #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+        {
+            self.team.threads()
+        }
+        #[cfg(not(all(feature = "std", not(target_arch = "wasm32"))))]
+        {
+            1
         }
     }
 
@@ -220,14 +202,31 @@ impl Pool {
     {
         let items = out.len() / item.max(1);
         #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-        if let Some(pool) = self.pool.as_ref().filter(|_| parallel && items > 1) {
-            use rayon::prelude::*;
-            let per = items.div_ceil(self.threads);
-            return pool.install(|| {
-                out.par_chunks_mut(per * item)
-                    .enumerate()
-                    .try_for_each(|(t, chunk)| f(t * per, chunk))
+        if parallel && items > 1 && self.team.threads() > 1 {
+            use std::sync::Mutex;
+            let per = items.div_ceil(self.team.threads());
+            let chunks: Vec<Mutex<Option<&mut [f32]>>> = out
+                .chunks_mut(per * item)
+                .map(|c| Mutex::new(Some(c)))
+                .collect();
+            let failed: Mutex<Option<Error>> = Mutex::new(None);
+            let ran = self.team.run(&|t| {
+                let chunk = chunks
+                    .get(t)
+                    .and_then(|c| c.lock().unwrap_or_else(|e| e.into_inner()).take());
+                if let Some(chunk) = chunk
+                    && let Err(e) = f(t * per, chunk)
+                {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                }
             });
+            if ran.is_err() {
+                return Err(Error::Invalid("a compute thread panicked".into()));
+            }
+            return match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
         }
         let _ = (parallel, items);
         f(0, out)
@@ -529,9 +528,7 @@ impl Backend for Cpu {
     fn silu_mul(&mut self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         let g = slice_mut(gate, len, "silu_mul")?;
         let u = slice(up, len, "silu_mul")?;
-        for (g, &u) in g.iter_mut().zip(u) {
-            *g = *g / (1.0 + ggml_v_expf(-*g)) * u;
-        }
+        self.isa.silu_mul(g, u);
         Ok(())
     }
 

@@ -13,6 +13,8 @@ use crate::Result;
 use crate::dtype::GgmlType;
 
 pub mod cpu;
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+mod pool;
 
 /// A weight matrix as stored: `rows` rows of `cols` values of `dtype`, row-major.
 #[derive(Debug, Clone)]

@@ -16,8 +16,12 @@ use crate::backend::{AttnShape, Backend, KvType, MatrixData, decode_vector};
 use crate::format::model::ModelFile;
 use crate::{Error, Result};
 
-/// Positions evaluated per forward step of a prompt.
-pub const BATCH: usize = 32;
+/// Positions evaluated per forward step of a prompt: llama.cpp's default micro-batch
+/// (`n_ubatch`), so a prompt reaches the matrix products in the same batches as there. That
+/// matters beyond speed: which K-quant kernel llama.cpp runs, and so the order of its sums,
+/// depends on the batch size. Buffers are sized for it but only the rows a step uses are
+/// touched.
+pub const BATCH: usize = 512;
 
 /// The operations a forward pass reports to an [`Observer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

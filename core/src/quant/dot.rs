@@ -75,27 +75,26 @@ pub enum ActRow<'a> {
 }
 
 /// Per Q8_0 activation block, what every weight row's dot product would otherwise recompute:
-/// the scale as f32 and, negated, the sums of each run of four values (lane `l` of block `b` is
-/// `-(qs[4l] + .. + qs[4l + 3])`). The unsigned-times-signed kernels take weights as
-/// `q + offset` and subtract `offset` times these sums. Kernels that find them missing or of
+/// the scale as f32 and, for kernels that take weights as unsigned `q + 128`, the correction
+/// `-128 * (qs[4l] + .. + qs[4l + 3])` of each lane `l`. Kernels that find them missing or of
 /// the wrong length ignore them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Q8Sums<'a> {
     /// `f16_to_f32(block.d)` per block.
     pub d: &'a [f32],
-    /// Negated sums of four per block.
-    pub neg_sums: &'a [[i32; 8]],
+    /// The eight lane corrections per block.
+    pub minus128: &'a [[i32; 8]],
 }
 
 impl Q8Sums<'_> {
     /// Computes them for `blocks` into the two buffers, replacing their contents.
-    pub fn fill(blocks: &[BlockQ8_0], d: &mut Vec<f32>, neg_sums: &mut Vec<[i32; 8]>) {
+    pub fn fill(blocks: &[BlockQ8_0], d: &mut Vec<f32>, minus128: &mut Vec<[i32; 8]>) {
         d.clear();
         d.extend(blocks.iter().map(|b| f16_to_f32(b.d)));
-        neg_sums.clear();
-        neg_sums.extend(blocks.iter().map(|b| {
+        minus128.clear();
+        minus128.extend(blocks.iter().map(|b| {
             core::array::from_fn(|l| {
-                -b.qs[4 * l..4 * l + 4]
+                -128 * b.qs[4 * l..4 * l + 4]
                     .iter()
                     .map(|&q| i32::from(q))
                     .sum::<i32>()
@@ -204,7 +203,7 @@ impl Activations {
                 let range = r * n..(r + 1) * n;
                 let sums = Q8Sums {
                     d: self.q8_d.get(range.clone())?,
-                    neg_sums: self.q8_sums.get(range.clone())?,
+                    minus128: self.q8_sums.get(range.clone())?,
                 };
                 self.q8_0.get(range).map(|b| ActRow::Q8_0(b, sums))
             }

@@ -193,3 +193,37 @@ pub fn attend(q: &mut [f32], head: &AttnHead<'_>, k: &mut [f32], v: &mut [f32], 
         *acc *= inv;
     }
 }
+
+/// `ggml_v_expf`, the exponential of llama.cpp's vectorised SiLU (the ARM optimized-routines
+/// polynomial, at most 1.5 ulp from `e^x`), lane by lane. llama.cpp's activations, and so its
+/// logits, follow this approximation rather than a correctly rounded `expf`.
+pub fn ggml_v_expf(x: f32) -> f32 {
+    let c = f32::from_bits;
+    let r = c(0x4b40_0000); // 0x1.8p23
+    let z = libm::fmaf(x, c(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = libm::fmaf(-n, c(0x35bf_be8e), libm::fmaf(-n, c(0x3f31_7200), x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = libm::fmaf(
+        libm::fmaf(
+            libm::fmaf(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            libm::fmaf(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        libm::fmaf(c(0x3f7f_fff6), b, 1.0),
+    );
+    // `_mm512_scalef_ps`: j * 2^n, n a whole number here.
+    libm::ldexpf(j, n as i32)
+}
+
+/// `ggml_vec_swiglu_f32`: `g = silu(g) * u` with `silu(g) = g / (1 + e^-g)`, `e^x` as
+/// [`ggml_v_expf`] computes it.
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + ggml_v_expf(-*g)) * u;
+    }
+}

@@ -142,6 +142,54 @@ impl Isa {
         Ok(())
     }
 
+    /// Weight rows times several activation rows: `out[i * xs.len() + r]` is row `i` of the
+    /// `out.len() / xs.len()` rows of equal length in `rows`, times `xs[r]`. The batched
+    /// products of a prompt: each weight block is unpacked once for all the activation rows.
+    pub fn dot_block(
+        self,
+        ty: GgmlType,
+        rows: &[u8],
+        xs: &[ActRow<'_>],
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        let fast: Option<()> = match self.0 {
+            Level::Scalar => None,
+            // SAFETY: an `Isa` of this level exists only when the CPU has its features.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { x86::avx2::dot_block(ty, rows, xs, out)? },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => match unsafe { x86::vnni_dot_block(ty, rows, xs, out)? } {
+                Some(()) => Some(()),
+                // SAFETY: as above.
+                None => unsafe { x86::avx512::dot_block(ty, rows, xs, out)? },
+            },
+        };
+        if fast.is_some() || xs.is_empty() {
+            return Ok(());
+        }
+        let m = xs.len();
+        let n = out.len() / m;
+        if out.len() != n * m || (n > 0 && !rows.len().is_multiple_of(n)) {
+            return Err(QuantError::SizeMismatch {
+                ty,
+                bytes: rows.len(),
+                elements: out.len(),
+            });
+        }
+        let row_bytes = rows.len().checked_div(n).unwrap_or(0);
+        let mut column = [0f32; 1];
+        for i in 0..n {
+            let row = &rows[i * row_bytes..(i + 1) * row_bytes];
+            for (r, &x) in xs.iter().enumerate() {
+                self.dot_rows(ty, row, x, scratch, &mut column)?;
+                out[i * m + r] = column[0];
+            }
+        }
+        Ok(())
+    }
+
     /// The reference path for the types without an integer kernel here: decode the row to f32
     /// (exact), then this level's f32 dot.
     fn decoded(
@@ -191,6 +239,11 @@ impl Isa {
     /// [`vec::mad`] with this instruction set.
     pub fn mad(self, acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
         level!(self, mad(acc, v, s, f16), vec::mad(acc, v, s, f16));
+    }
+
+    /// [`vec::silu_mul`] with this instruction set.
+    pub fn silu_mul(self, g: &mut [f32], u: &[f32]) {
+        level!(self, silu_mul(g, u), vec::silu_mul(g, u));
     }
 
     /// [`vec::attend`] with this instruction set.
@@ -278,6 +331,37 @@ mod tests {
                     let mut acts = Activations::default();
                     acts.encode(ActKind::for_weight(ty), &x, rows, cols)
                         .expect("encode");
+                    let xs: Vec<_> = (0..rows).map(|r| acts.row(r).expect("row")).collect();
+                    let mut scratch = alloc::vec![0f32; cols];
+                    // Three weight rows against the whole batch, as a tile of a product.
+                    let mut three = bytes.clone();
+                    three.extend_from_slice(&bytes);
+                    three.extend_from_slice(&bytes);
+                    let mut want = alloc::vec![0f32; 3 * rows];
+                    for i in 0..3 {
+                        for (r, &a) in xs.iter().enumerate() {
+                            want[i * rows + r] =
+                                dot(ty, &bytes, a, &mut scratch).expect("reference");
+                        }
+                    }
+                    for &isa in &levels {
+                        let mut got = alloc::vec![0f32; 3 * rows];
+                        isa.dot_block(ty, &three, &xs, &mut scratch, &mut got)
+                            .expect("block");
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{ty} dot_block on {}: {got:?} vs {want:?}",
+                            isa.name()
+                        );
+                    }
+                    let x = values(1000 + seed, rows * cols);
+                    let mut acts = Activations::default();
+                    acts.encode(ActKind::for_weight(ty), &x, rows, cols)
+                        .expect("encode");
                     let mut scratch = alloc::vec![0f32; cols];
                     for r in 0..rows {
                         let a = acts.row(r).expect("row");
@@ -334,6 +418,50 @@ mod tests {
                     isa.mad(&mut b, &y, 1.7, f16);
                     assert_eq!(a, b, "mad on {name}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn silu_matches_the_reference_on_every_level() {
+        // Ordinary activations, plus the edges of the exponential: subnormal and zero results,
+        // overflow, infinities, NaN.
+        let mut g: Vec<f32> = values(31, 1000).iter().map(|v| v * 8.0).collect();
+        g.extend([
+            87.0,
+            88.7,
+            89.0,
+            100.0,
+            103.9,
+            104.0,
+            130.0,
+            140.0,
+            -87.0,
+            -88.8,
+            -89.0,
+            -100.0,
+            -130.0,
+            200.0,
+            -200.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            0.0,
+            -0.0,
+        ]);
+        let u = values(32, g.len());
+        let mut want = g.clone();
+        vec::silu_mul(&mut want, &u);
+        for isa in Isa::available() {
+            let mut got = g.clone();
+            isa.silu_mul(&mut got, &u);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "silu on {} at {i} (g = {}): {a} vs {b}",
+                    isa.name(),
+                    g[i]
+                );
             }
         }
     }

@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 use alloc::vec::Vec;
 
 use super::super::blocks::*;
-use super::super::dot::{ActRow, BlockQ8K, hsum8, k4_scales_mins, weight_blocks};
+use super::super::dot::{ActRow, BatchRow, BlockQ8K, hsum8, k4_scales_mins, weight_blocks};
 use super::super::{QK, QK_K, QuantError, vec};
 use crate::dtype::GgmlType;
 
@@ -25,6 +25,20 @@ fn lanes_avx2(x: __m256i, y: __m256i) -> __m256i {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+}
+
+/// [`lanes_avx2`] after the signs are moved: `ax = |x|` (unsigned) and `sy = y` with `x`'s sign.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn moved_lanes_avx2(ax: __m256i, sy: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+}
+
+/// [`moved_lanes_avx2`] in one `vpdpbusd`.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+fn moved_lanes_vnni(ax: __m256i, sy: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
 }
 
 /// [`lanes_avx2`] in one `vpdpbusd`.
@@ -69,13 +83,13 @@ const ROWS: usize = 1;
 const PREFETCH: usize = 2048;
 
 macro_rules! simd_level {
-    ($level:ident, $features:literal, $lanes:ident, $q5_offsets:ident) => {
+    ($level:ident, $features:literal, $lanes:ident, $moved:ident, $q5_offsets:ident) => {
         pub(super) mod $level {
             use super::*;
 
             #[target_feature(enable = $features)]
             #[inline]
-            fn load32<T: bytemuck::Pod>(bytes: &[T; 32]) -> __m256i {
+            pub(super) fn load32<T: bytemuck::Pod>(bytes: &[T; 32]) -> __m256i {
                 // SAFETY: 32 readable bytes (T is one byte wide); `loadu` needs no alignment.
                 unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
             }
@@ -106,13 +120,13 @@ macro_rules! simd_level {
             /// [`f16x4`] in eight lanes.
             #[target_feature(enable = $features)]
             #[inline]
-            fn f16x8(bits: [u8; 2]) -> __m256 {
+            pub(super) fn f16x8(bits: [u8; 2]) -> __m256 {
                 _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(bits)))
             }
 
             #[target_feature(enable = $features)]
             #[inline]
-            fn lanes_f32(v: __m256) -> [f32; 8] {
+            pub(super) fn lanes_f32(v: __m256) -> [f32; 8] {
                 let mut out = [0f32; 8];
                 // SAFETY: `out` holds eight f32.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
@@ -121,23 +135,17 @@ macro_rules! simd_level {
 
             #[target_feature(enable = $features)]
             #[inline]
-            fn lanes_i32(v: __m256i) -> [i32; 8] {
-                let mut out = [0i32; 8];
-                // SAFETY: `out` holds eight i32.
-                unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
-                out
-            }
-
-            #[target_feature(enable = $features)]
-            #[inline]
             fn hsum_i32(v: __m256i) -> i32 {
-                lanes_i32(v).iter().fold(0i32, |a, &b| a.wrapping_add(b))
+                let h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                let h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0b01_00_11_10));
+                let h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0b10_11_00_01));
+                _mm_cvtsi128_si32(h)
             }
 
             /// The 32 nibbles of 16 bytes: low nibbles first, then high.
             #[target_feature(enable = $features)]
             #[inline]
-            fn nibbles(qs: &[u8; 16]) -> __m256i {
+            pub(super) fn nibbles(qs: &[u8; 16]) -> __m256i {
                 let q = load16(qs);
                 _mm256_and_si256(
                     _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
@@ -182,6 +190,139 @@ macro_rules! simd_level {
                 out
             }
 
+            /// One row of blocks of 32 against `C` activation rows: [`legacy`] with the weight
+            /// block unpacked once for all of them (the batched products of a prompt).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn legacy_cols<B, const C: usize>(
+                w: &[B],
+                ys: [&[BlockQ8_0]; C],
+                ads: [&[f32]; C],
+                unpack: impl Fn(&B) -> ([u8; 2], __m256i),
+            ) -> [f32; C] {
+                let n = w.len();
+                assert!(ys.iter().all(|y| y.len() == n) && ads.iter().all(|a| a.len() == n));
+                let mut acc = [_mm256_setzero_ps(); C];
+                for i in 0..n {
+                    let (dw, q) = unpack(&w[i]);
+                    let dw = f16x8(dw);
+                    let ax = _mm256_sign_epi8(q, q);
+                    for c in 0..C {
+                        let sy = _mm256_sign_epi8(load32(&ys[c][i].qs), q);
+                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(ads[c][i]));
+                        acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps($moved(ax, sy)), acc[c]);
+                    }
+                }
+                let mut out = [0f32; C];
+                for c in 0..C {
+                    out[c] = hsum8(&lanes_f32(acc[c]));
+                }
+                out
+            }
+
+            /// `out[i * m + r]` = weight row `i` of `w` times activation row `r` of the `m` in
+            /// `ys`, four activation rows at a time.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn legacy_block<B>(
+                w: &[B],
+                ys: &[(&[BlockQ8_0], &[f32])],
+                out: &mut [f32],
+                unpack: impl Fn(&B) -> ([u8; 2], __m256i) + Copy,
+            ) {
+                let m = ys.len();
+                let n = ys[0].0.len();
+                // Four activation rows at a time against every weight row of the tile: both
+                // stay in L1 while they meet.
+                let mut r = 0;
+                while r < m {
+                    let take = (m - r).min(4);
+                    for (row, o) in w.chunks_exact(n).zip(out.chunks_exact_mut(m)) {
+                        let g = &ys[r..r + take];
+                        if take == 4 {
+                            let res = legacy_cols(
+                                row,
+                                [g[0].0, g[1].0, g[2].0, g[3].0],
+                                [g[0].1, g[1].1, g[2].1, g[3].1],
+                                unpack,
+                            );
+                            o[r..r + 4].copy_from_slice(&res);
+                        } else {
+                            for (c, (y, ad)) in g.iter().enumerate() {
+                                o[r + c] = legacy_cols(row, [*y], [*ad], unpack)[0];
+                            }
+                        }
+                    }
+                    r += take;
+                }
+            }
+
+            /// Weight rows times several activation rows: `out[i * xs.len() + r]` is row `i`
+            /// of `bytes` times `xs[r]`, the layout of a transposed product. `None` when this
+            /// level has no batched kernel for `ty` (or the rows lack their precomputed sums).
+            #[target_feature(enable = $features)]
+            pub fn dot_block(
+                ty: GgmlType,
+                bytes: &[u8],
+                xs: &[ActRow<'_>],
+                out: &mut [f32],
+            ) -> Result<Option<()>, QuantError> {
+                if xs.is_empty() || out.is_empty() || !out.len().is_multiple_of(xs.len()) {
+                    return Ok(None);
+                }
+                if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+                    let mut ys = Vec::with_capacity(xs.len());
+                    for x in xs {
+                        match x {
+                            ActRow::Q8K(y, at) if !y.is_empty() => ys.push((*y, *at)),
+                            _ => return Ok(None),
+                        }
+                    }
+                    if ys.iter().any(|(y, _)| y.len() != ys[0].0.len()) {
+                        return Ok(None);
+                    }
+                    k_block(ty, bytes, &ys, out)?;
+                    return Ok(Some(()));
+                }
+                if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_0) {
+                    return Ok(None);
+                }
+                let mut ys = Vec::with_capacity(xs.len());
+                for x in xs {
+                    match x {
+                        ActRow::Q8_0(y, sums) if sums.d.len() == y.len() && !y.is_empty() => {
+                            ys.push((*y, sums.d));
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+                let nb = ys[0].0.len();
+                if ys.iter().any(|(y, _)| y.len() != nb) {
+                    return Ok(None);
+                }
+                let blocks = nb * (out.len() / xs.len());
+                match ty {
+                    GgmlType::Q8_0 => {
+                        let w: &[BlockQ8_0] = weight_blocks(ty, bytes, blocks, QK)?;
+                        legacy_block(w, &ys, out, |b| (b.d, load32(&b.qs)));
+                    }
+                    GgmlType::Q5_0 => {
+                        let w: &[BlockQ5_0] = weight_blocks(ty, bytes, blocks, QK)?;
+                        legacy_block(w, &ys, out, |b| {
+                            let bits = u32::from_le_bytes(b.qh);
+                            (b.d, _mm256_or_si256(nibbles(&b.qs), $q5_offsets(bits)))
+                        });
+                    }
+                    _ => {
+                        let w: &[BlockQ4_0] = weight_blocks(ty, bytes, blocks, QK)?;
+                        legacy_block(w, &ys, out, |b| {
+                            (b.d, _mm256_sub_epi8(nibbles(&b.qs), _mm256_set1_epi8(8)))
+                        });
+                    }
+                }
+                Ok(Some(()))
+            }
+
             /// Every row of `w` (rows of `y.len()` blocks) through [`legacy`], two at a time.
             #[target_feature(enable = $features)]
             #[inline]
@@ -204,13 +345,13 @@ macro_rules! simd_level {
                 }
             }
 
-            /// A Q6_K block's eight integer lane sums, as `lanes_q6_k` defines them.
+            /// A Q6_K block's 256 unsigned levels (0..63), 32 per vector in value order.
             #[target_feature(enable = $features)]
             #[inline]
-            fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
+            fn q6_k_levels(x: &BlockQ6K) -> [__m256i; 8] {
                 let m4 = _mm256_set1_epi8(0x0f);
                 let m2 = _mm256_set1_epi8(3);
-                let mut sum = _mm256_setzero_si256();
+                let mut out = [_mm256_setzero_si256(); 8];
                 for half in 0..2 {
                     let ql = &x.ql[64 * half..64 * half + 64];
                     let (ql0, ql1) = (
@@ -229,29 +370,147 @@ macro_rules! simd_level {
                         _mm256_srli_epi16(qh, 6),
                     ]
                     .map(|h| _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
-                    let levels = [
-                        _mm256_or_si256(_mm256_and_si256(ql0, m4), high[0]),
-                        _mm256_or_si256(_mm256_and_si256(ql1, m4), high[1]),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high[2]),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high[3]),
-                    ];
-                    for (c, &q) in levels.iter().enumerate() {
-                        let v = 128 * half + 32 * c;
-                        let act = load32(y.qs[v..v + 32].try_into().unwrap_or(&[0; 32]));
-                        let g = v / 16;
-                        let scales = _mm256_set_m128i(
-                            _mm_set1_epi16(i16::from(x.scales[g + 1])),
-                            _mm_set1_epi16(i16::from(x.scales[g])),
-                        );
-                        let products = _mm256_maddubs_epi16(q, act);
-                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(products, scales));
-                    }
+                    out[4 * half] = _mm256_or_si256(_mm256_and_si256(ql0, m4), high[0]);
+                    out[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), high[1]);
+                    out[4 * half + 2] =
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high[2]);
+                    out[4 * half + 3] =
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high[3]);
+                }
+                out
+            }
+
+            /// A Q6_K block's eight integer lane sums, as `lanes_q6_k` defines them, from its
+            /// unpacked levels.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q6_k_lanes_of(
+                levels: &[__m256i; 8],
+                scales: &([__m256i; 8], __m256i),
+                y: &BlockQ8K,
+            ) -> __m256i {
+                let mut sum = _mm256_setzero_si256();
+                for (k, (&q, &s)) in levels.iter().zip(&scales.0).enumerate() {
+                    let act = load32(y.qs[32 * k..32 * k + 32].try_into().unwrap_or(&[0; 32]));
+                    let products = _mm256_maddubs_epi16(q, act);
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(products, s));
                 }
                 // SAFETY: `bsums` is 16 i16, 32 bytes.
                 let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-                let scales = _mm256_cvtepi8_epi16(load16(&x.scales));
-                let offsets = _mm256_madd_epi16(bsums, scales);
+                let offsets = _mm256_madd_epi16(bsums, scales.1);
                 _mm256_sub_epi32(sum, _mm256_slli_epi32(offsets, 5))
+            }
+
+            /// A Q6_K block's scales: per run of 32 values its two group scales (eight i16
+            /// lanes each), and all sixteen as i16.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q6_k_scales(x: &BlockQ6K) -> ([__m256i; 8], __m256i) {
+                let mut runs = [_mm256_setzero_si256(); 8];
+                for (k, run) in runs.iter_mut().enumerate() {
+                    *run = _mm256_set_m128i(
+                        _mm_set1_epi16(i16::from(x.scales[2 * k + 1])),
+                        _mm_set1_epi16(i16::from(x.scales[2 * k])),
+                    );
+                }
+                (runs, _mm256_cvtepi8_epi16(load16(&x.scales)))
+            }
+
+            /// A Q6_K block's eight integer lane sums, as `lanes_q6_k` defines them.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
+                q6_k_lanes_of(&q6_k_levels(x), &q6_k_scales(x), y)
+            }
+
+            /// A Q4_K block unpacked: its 256 nibbles (32 per vector, groups in order), each
+            /// group's scale in every i16 lane, and the mins paired with the activation sums.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q4_k_unpack(b: &BlockQ4K) -> ([__m256i; 8], [__m256i; 8], __m256i) {
+                let m4 = _mm256_set1_epi8(0x0f);
+                let (scales, mins) = k4_scales_mins(&b.scales);
+                let mut q = [_mm256_setzero_si256(); 8];
+                for p in 0..4 {
+                    let q4 = load32(b.qs[32 * p..32 * p + 32].try_into().unwrap_or(&[0; 32]));
+                    q[2 * p] = _mm256_and_si256(q4, m4);
+                    q[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                }
+                let s = scales.map(|v| _mm256_set1_epi16(i16::from(v)));
+                let m: [i16; 16] = core::array::from_fn(|i| i16::from(mins[i / 2]));
+                // SAFETY: `m` is 16 i16, 32 bytes.
+                let m = unsafe { _mm256_loadu_si256(m.as_ptr().cast()) };
+                (q, s, m)
+            }
+
+            /// One Q4_K block against one Q8_K block, unpacked by [`q4_k_unpack`]: the scaled
+            /// level sums of each pair of groups (eight lanes each) and the eight group min
+            /// corrections.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q4_k_sums(
+                q: &[__m256i; 8],
+                scales: &[__m256i; 8],
+                mins: __m256i,
+                a: &BlockQ8K,
+            ) -> ([__m256i; 4], __m256i) {
+                let mut levels = [_mm256_setzero_si256(); 4];
+                for (p, level) in levels.iter_mut().enumerate() {
+                    let ylo = load32(a.qs[64 * p..64 * p + 32].try_into().unwrap_or(&[0; 32]));
+                    let yhi =
+                        load32(a.qs[64 * p + 32..64 * p + 64].try_into().unwrap_or(&[0; 32]));
+                    let slo = _mm256_madd_epi16(_mm256_maddubs_epi16(q[2 * p], ylo), scales[2 * p]);
+                    let shi =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(q[2 * p + 1], yhi), scales[2 * p + 1]);
+                    *level = _mm256_add_epi32(slo, shi);
+                }
+                // SAFETY: `bsums` is 16 i16, 32 bytes.
+                let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
+                (levels, _mm256_madd_epi16(bsums, mins))
+            }
+
+            /// Folds one block's sums into a row's two accumulators, in `gemm` pairs or whole.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q4_k_fold(
+                (levels, corrections): ([__m256i; 4], __m256i),
+                d: f32,
+                dmin: f32,
+                grouped: bool,
+                (acc, acc_min): (&mut f32, &mut f32),
+            ) {
+                if grouped {
+                    // The four pair sums of levels and of corrections at once (exact in any
+                    // order), then the fused sums in pair order.
+                    let h = _mm256_hadd_epi32(
+                        _mm256_hadd_epi32(levels[0], levels[1]),
+                        _mm256_hadd_epi32(levels[2], levels[3]),
+                    );
+                    let l = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                    // Corrections are per group: pairs are lanes (0+1, 2+3, 4+5, 6+7).
+                    let c = _mm256_hadd_epi32(corrections, corrections);
+                    let c = _mm_unpacklo_epi64(
+                        _mm256_castsi256_si128(c),
+                        _mm256_extracti128_si256(c, 1),
+                    );
+                    let (mut lv, mut cv) = ([0f32; 4], [0f32; 4]);
+                    // SAFETY: four f32 each.
+                    unsafe {
+                        _mm_storeu_ps(lv.as_mut_ptr(), _mm_cvtepi32_ps(l));
+                        _mm_storeu_ps(cv.as_mut_ptr(), _mm_cvtepi32_ps(c));
+                    }
+                    for p in 0..4 {
+                        *acc = fma(lv[p], d, *acc);
+                        *acc_min = fma(cv[p], dmin, *acc_min);
+                    }
+                } else {
+                    let all = _mm256_add_epi32(
+                        _mm256_add_epi32(levels[0], levels[1]),
+                        _mm256_add_epi32(levels[2], levels[3]),
+                    );
+                    *acc = fma(hsum_i32(all) as f32, d, *acc);
+                    *acc_min = fma(hsum_i32(corrections) as f32, dmin, *acc_min);
+                }
             }
 
             /// `q4_k_repacked`: per block the scaled level sums and min corrections of each
@@ -259,57 +518,75 @@ macro_rules! simd_level {
             #[target_feature(enable = $features)]
             #[inline]
             fn q4_k(x: &[BlockQ4K], y: &[BlockQ8K], grouped: bool) -> f32 {
-                let m4 = _mm256_set1_epi8(0x0f);
                 let (mut acc, mut acc_min) = (0f32, 0f32);
                 for (b, a) in x.iter().zip(y) {
-                    let (scales, mins) = k4_scales_mins(&b.scales);
-                    let mut levels = [_mm256_setzero_si256(); 4];
-                    for (p, level) in levels.iter_mut().enumerate() {
-                        let q4 = load32(b.qs[32 * p..32 * p + 32].try_into().unwrap_or(&[0; 32]));
-                        let lo = _mm256_and_si256(q4, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-                        let ylo = load32(a.qs[64 * p..64 * p + 32].try_into().unwrap_or(&[0; 32]));
-                        let yhi = load32(
-                            a.qs[64 * p + 32..64 * p + 64]
-                                .try_into()
-                                .unwrap_or(&[0; 32]),
-                        );
-                        let slo = _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(lo, ylo),
-                            _mm256_set1_epi16(i16::from(scales[2 * p])),
-                        );
-                        let shi = _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(hi, yhi),
-                            _mm256_set1_epi16(i16::from(scales[2 * p + 1])),
-                        );
-                        *level = _mm256_add_epi32(slo, shi);
-                    }
-                    // SAFETY: `bsums` is 16 i16, 32 bytes.
-                    let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
-                    let m: [i16; 16] = core::array::from_fn(|i| i16::from(mins[i / 2]));
-                    // SAFETY: `m` is 16 i16, 32 bytes.
-                    let m = unsafe { _mm256_loadu_si256(m.as_ptr().cast()) };
-                    let corrections = lanes_i32(_mm256_madd_epi16(bsums, m));
-                    let d = f16(b.d) * a.d;
-                    let dmin = f16(b.dmin) * a.d;
-                    if grouped {
-                        for (p, level) in levels.iter().enumerate() {
-                            let l = hsum_i32(*level);
-                            let c = corrections[2 * p].wrapping_add(corrections[2 * p + 1]);
-                            acc = fma(l as f32, d, acc);
-                            acc_min = fma(c as f32, dmin, acc_min);
-                        }
-                    } else {
-                        let all = _mm256_add_epi32(
-                            _mm256_add_epi32(levels[0], levels[1]),
-                            _mm256_add_epi32(levels[2], levels[3]),
-                        );
-                        let c = corrections.iter().fold(0i32, |s, &v| s.wrapping_add(v));
-                        acc = fma(hsum_i32(all) as f32, d, acc);
-                        acc_min = fma(c as f32, dmin, acc_min);
-                    }
+                    let (q, scales, mins) = q4_k_unpack(b);
+                    let sums = q4_k_sums(&q, &scales, mins, a);
+                    let (d, dmin) = (f16(b.d) * a.d, f16(b.dmin) * a.d);
+                    q4_k_fold(sums, d, dmin, grouped, (&mut acc, &mut acc_min));
                 }
                 acc - acc_min
+            }
+
+            /// Q4_K and Q6_K weight rows against a batch of Q8_K rows, each weight block
+            /// unpacked once for the whole batch: `out[i * xs.len() + r]`.
+            #[target_feature(enable = $features)]
+            fn k_block(
+                ty: GgmlType,
+                bytes: &[u8],
+                xs: &[(&[BlockQ8K], BatchRow)],
+                out: &mut [f32],
+            ) -> Result<(), QuantError> {
+                let m = xs.len();
+                let nb = xs[0].0.len();
+                let blocks = nb * (out.len() / m);
+                let mut acc = alloc::vec![0f32; 2 * m];
+                let mut lanes = alloc::vec![_mm256_setzero_ps(); m];
+                if ty == GgmlType::Q4_K {
+                    let w: &[BlockQ4K] = weight_blocks(ty, bytes, blocks, QK_K)?;
+                    for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(m)) {
+                        acc.fill(0.0);
+                        for (i, b) in row.iter().enumerate() {
+                            let (q, scales, mins) = q4_k_unpack(b);
+                            let (bd, bmin) = (f16(b.d), f16(b.dmin));
+                            for (c, (y, at)) in xs.iter().enumerate() {
+                                let a = &y[i];
+                                let sums = q4_k_sums(&q, &scales, mins, a);
+                                let (lo, hi) = acc.split_at_mut(m);
+                                let grouped = at.in_group_of_four();
+                                q4_k_fold(sums, bd * a.d, bmin * a.d, grouped, (&mut lo[c], &mut hi[c]));
+                            }
+                        }
+                        for (c, v) in o.iter_mut().enumerate() {
+                            *v = acc[c] - acc[m + c];
+                        }
+                    }
+                } else {
+                    let w: &[BlockQ6K] = weight_blocks(ty, bytes, blocks, QK_K)?;
+                    for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(m)) {
+                        acc.fill(0.0);
+                        lanes.fill(_mm256_setzero_ps());
+                        for (i, b) in row.iter().enumerate() {
+                            let levels = q6_k_levels(b);
+                            let scales = q6_k_scales(b);
+                            let bd = f16(b.d);
+                            for (c, (y, at)) in xs.iter().enumerate() {
+                                let a = &y[i];
+                                let sums = q6_k_lanes_of(&levels, &scales, a);
+                                if at.tiled() {
+                                    acc[c] = fma(hsum_i32(sums) as f32 * bd, a.d, acc[c]);
+                                } else {
+                                    let d = _mm256_set1_ps(a.d * bd);
+                                    lanes[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), lanes[c]);
+                                }
+                            }
+                        }
+                        for (c, v) in o.iter_mut().enumerate() {
+                            *v = if xs[c].1.tiled() { acc[c] } else { hsum8(&lanes_f32(lanes[c])) };
+                        }
+                    }
+                }
+                Ok(())
             }
 
             /// `out[i] = w_i · x` for the `out.len()` weight rows in `bytes`, when this level
@@ -553,6 +830,71 @@ macro_rules! simd_level {
                 vec::mad(c.into_remainder(), vc.remainder(), s, f16);
             }
 
+            /// `vec::ggml_v_expf` in eight lanes; `None` when a lane's power of two falls
+            /// outside the normal range (there the reference's `ldexpf` rounds once, and the
+            /// caller takes the reference).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn v_expf(x: __m256) -> Option<__m256> {
+                let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+                let r = c(0x4b40_0000);
+                let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), r);
+                let n = _mm256_sub_ps(z, r);
+                let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
+                let abs = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+                let huge = _mm256_cmp_ps::<_CMP_GT_OQ>(abs, _mm256_set1_ps(192.0));
+                let wide = _mm256_cmp_ps::<_CMP_GT_OQ>(abs, _mm256_set1_ps(126.0));
+                if _mm256_movemask_ps(_mm256_andnot_ps(huge, wide)) != 0 {
+                    return None;
+                }
+                let u = _mm256_mul_ps(b, b);
+                let j = _mm256_fmadd_ps(
+                    _mm256_fmadd_ps(
+                        _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+                        u,
+                        _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+                    ),
+                    u,
+                    _mm256_fmadd_ps(c(0x3f7f_fff6), b, _mm256_set1_ps(1.0)),
+                );
+                // 2^n built from its exponent bits: exact while |n| <= 126.
+                let small = _mm256_blendv_ps(n, _mm256_setzero_ps(), huge);
+                let pow = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_add_epi32(_mm256_cvtps_epi32(small), _mm256_set1_epi32(127)),
+                    23,
+                ));
+                let scaled = _mm256_mul_ps(j, pow);
+                // |n| > 192: 0 below, infinity above.
+                let limit = _mm256_blendv_ps(
+                    _mm256_set1_ps(f32::INFINITY),
+                    _mm256_setzero_ps(),
+                    _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps()),
+                );
+                Some(_mm256_blendv_ps(scaled, limit, huge))
+            }
+
+            /// `vec::silu_mul`.
+            #[target_feature(enable = $features)]
+            pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+                let n = g.len().min(u.len());
+                let (g, u) = (&mut g[..n], &u[..n]);
+                let (mut gc, mut uc) = (g.chunks_exact_mut(8), u.chunks_exact(8));
+                for (a, b) in gc.by_ref().zip(uc.by_ref()) {
+                    // SAFETY: chunks of eight values.
+                    let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr()), _mm256_loadu_ps(b.as_ptr())) };
+                    let neg = _mm256_xor_ps(x, _mm256_set1_ps(-0.0));
+                    match v_expf(neg) {
+                        Some(e) => {
+                            let s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+                            // SAFETY: as above.
+                            unsafe { _mm256_storeu_ps(a.as_mut_ptr(), _mm256_mul_ps(s, y)) };
+                        }
+                        None => vec::silu_mul(a, b),
+                    }
+                }
+                vec::silu_mul(gc.into_remainder(), uc.remainder());
+            }
+
             /// `vec::attend`, the whole loop in this level's instructions.
             #[target_feature(enable = $features)]
             pub fn attend(
@@ -626,11 +968,18 @@ macro_rules! simd_level {
     };
 }
 
-simd_level!(avx2, "avx2,fma,f16c", lanes_avx2, q5_offsets_avx2);
+simd_level!(
+    avx2,
+    "avx2,fma,f16c",
+    lanes_avx2,
+    moved_lanes_avx2,
+    q5_offsets_avx2
+);
 simd_level!(
     avx512,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     lanes_vnni,
+    moved_lanes_vnni,
     q5_offsets_avx512
 );
 
@@ -672,4 +1021,170 @@ pub(super) fn has_avx512() -> bool {
                 target_feature = "avx512vnni"
             ))
     }
+}
+
+/// The batched Q4_0/Q5_0/Q8_0 products with VNNI: weights as unsigned `q + 128`, so one
+/// `vpdpbusd` seeded with the activation block's `-128 * sum` correction gives the exact lane
+/// sums, and a tile of two weight rows by four activation rows shares every load. The float
+/// side is `dot::blocks`' lane for lane.
+mod vnni_tile {
+    use super::avx512::{f16x8, lanes_f32, load32, nibbles};
+    use super::*;
+
+    /// A run of activation rows as the tile reads them: blocks, f32 scales, corrections.
+    pub(super) type Col<'a> = (&'a [BlockQ8_0], &'a [f32], &'a [[i32; 8]]);
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn tile<B, const R: usize, const C: usize>(
+        w: [&[B]; R],
+        cols: [Col<'_>; C],
+        unsigned: impl Fn(&B) -> ([u8; 2], __m256i),
+    ) -> [[f32; C]; R] {
+        let n = w[0].len();
+        assert!(w.iter().all(|r| r.len() == n));
+        assert!(
+            cols.iter()
+                .all(|(y, d, m)| y.len() == n && d.len() == n && m.len() == n)
+        );
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for i in 0..n {
+            let mut u = [_mm256_setzero_si256(); R];
+            let mut dw = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                let (d, q) = unsigned(&w[r][i]);
+                u[r] = q;
+                dw[r] = f16x8(d);
+            }
+            for c in 0..C {
+                let (y, d, m) = cols[c];
+                let qy = load32(&y[i].qs);
+                // SAFETY: eight i32.
+                let pre = unsafe { _mm256_loadu_si256(m[i].as_ptr().cast()) };
+                let da = _mm256_set1_ps(d[i]);
+                for r in 0..R {
+                    let lanes = _mm256_dpbusd_epi32(pre, u[r], qy);
+                    let scale = _mm256_mul_ps(dw[r], da);
+                    acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[r][c]);
+                }
+            }
+        }
+        let mut out = [[0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = hsum8(&lanes_f32(acc[r][c]));
+            }
+        }
+        out
+    }
+
+    /// `out[i * m + r]` for every weight row `i` of `w` (rows of `cols[0].0.len()` blocks)
+    /// and activation row `r` of the `m` in `cols`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn block<B>(
+        w: &[B],
+        cols: &[Col<'_>],
+        out: &mut [f32],
+        unsigned: impl Fn(&B) -> ([u8; 2], __m256i) + Copy,
+    ) {
+        let m = cols.len();
+        let n = cols[0].0.len();
+        let rows: Vec<&[B]> = w.chunks_exact(n).collect();
+        let mut c0 = 0;
+        while c0 < m {
+            let take = (m - c0).min(4);
+            let g = &cols[c0..c0 + take];
+            let mut r0 = 0;
+            while r0 < rows.len() {
+                let pair = rows.len() - r0 >= 2;
+                if take == 4 && pair {
+                    let res = tile([rows[r0], rows[r0 + 1]], [g[0], g[1], g[2], g[3]], unsigned);
+                    for (k, line) in res.iter().enumerate() {
+                        out[(r0 + k) * m + c0..][..4].copy_from_slice(line);
+                    }
+                    r0 += 2;
+                } else {
+                    for (c, &col) in g.iter().enumerate() {
+                        out[r0 * m + c0 + c] = tile([rows[r0]], [col], unsigned)[0][0];
+                    }
+                    r0 += 1;
+                }
+            }
+            c0 += take;
+        }
+    }
+
+    /// The VNNI batched product for Q4_0, Q5_0 and Q8_0 weights; `None` for other types.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_block(
+        ty: GgmlType,
+        bytes: &[u8],
+        cols: &[Col<'_>],
+        out: &mut [f32],
+    ) -> Result<Option<()>, QuantError> {
+        let blocks = cols[0].0.len() * (out.len() / cols.len());
+        match ty {
+            GgmlType::Q8_0 => {
+                let w: &[BlockQ8_0] = weight_blocks(ty, bytes, blocks, QK)?;
+                let flip = _mm256_set1_epi8(0x80u8 as i8);
+                block(w, cols, out, |b| {
+                    (b.d, _mm256_xor_si256(load32(&b.qs), flip))
+                });
+            }
+            GgmlType::Q5_0 => {
+                let w: &[BlockQ5_0] = weight_blocks(ty, bytes, blocks, QK)?;
+                let (lo, hi) = (_mm256_set1_epi8(0x70), _mm256_set1_epi8(0x80u8 as i8));
+                // (nibble | bit << 4) - 16 + 128: 0x70 + nibble, or 0x80 + nibble.
+                block(w, cols, out, |b| {
+                    let base = _mm256_mask_blend_epi8(u32::from_le_bytes(b.qh), lo, hi);
+                    (b.d, _mm256_or_si256(nibbles(&b.qs), base))
+                });
+            }
+            GgmlType::Q4_0 => {
+                let w: &[BlockQ4_0] = weight_blocks(ty, bytes, blocks, QK)?;
+                let offset = _mm256_set1_epi8(120);
+                block(w, cols, out, |b| {
+                    (b.d, _mm256_add_epi8(nibbles(&b.qs), offset))
+                });
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(()))
+    }
+}
+
+/// [`vnni_tile`]'s batched product when every activation row carries its corrections.
+///
+/// # Safety
+/// The CPU must have the features of [`has_avx512`].
+pub(super) unsafe fn vnni_dot_block(
+    ty: GgmlType,
+    bytes: &[u8],
+    xs: &[ActRow<'_>],
+    out: &mut [f32],
+) -> Result<Option<()>, QuantError> {
+    if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_0)
+        || xs.is_empty()
+        || out.is_empty()
+        || !out.len().is_multiple_of(xs.len())
+    {
+        return Ok(None);
+    }
+    let mut cols = Vec::with_capacity(xs.len());
+    for x in xs {
+        match x {
+            ActRow::Q8_0(y, s)
+                if !y.is_empty() && s.d.len() == y.len() && s.minus128.len() == y.len() =>
+            {
+                cols.push((*y, s.d, s.minus128));
+            }
+            _ => return Ok(None),
+        }
+    }
+    if cols.iter().any(|c| c.0.len() != cols[0].0.len()) {
+        return Ok(None);
+    }
+    // SAFETY: the caller guarantees the features.
+    unsafe { vnni_tile::dot_block(ty, bytes, &cols, out) }
 }
