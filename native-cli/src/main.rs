@@ -7,6 +7,7 @@ mod atomic;
 mod commands;
 mod hub;
 mod output;
+mod system;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,8 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Trace(args) => commands::trace::run(args),
+        Command::Showcase(args) => commands::showcase::run(args),
+        Command::Profile(args) => commands::profile::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Detokenize(args) => commands::tokenize::run_detokenize(args),
         Command::Eval {

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use apr_core::backend::KvType;
 use apr_core::model::Logits;
 use serde::Serialize;
 
@@ -59,7 +60,7 @@ pub(crate) fn perplexity(args: PerplexityArgs) -> Result<()> {
             tokens.len()
         );
     }
-    let mut qwen = model::load(&parsed, model::threads(args.threads), ctx)?;
+    let mut qwen = model::load(&parsed, model::threads(args.threads), ctx, KvType::F16)?;
     let vocab = qwen.config().vocab;
     let first = ctx / 2;
     let start = Instant::now();

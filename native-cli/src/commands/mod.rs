@@ -1,5 +1,6 @@
 //! One module per subcommand. Each resolves its flags and calls the core.
 
+pub(crate) mod bench;
 pub(crate) mod chat;
 pub(crate) mod check;
 pub(crate) mod convert;
@@ -7,7 +8,9 @@ pub(crate) mod eval;
 pub(crate) mod import;
 pub(crate) mod inspect;
 pub(crate) mod model;
+pub(crate) mod profile;
 pub(crate) mod run;
+pub(crate) mod showcase;
 pub(crate) mod tokenize;
 pub(crate) mod trace;
 pub(crate) mod validate;

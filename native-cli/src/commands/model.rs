@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use apr_core::backend::KvType;
 use apr_core::backend::cpu::Cpu;
 use apr_core::file::MappedFile;
 use apr_core::format::model::ModelFile;
@@ -67,21 +68,19 @@ pub(crate) fn tokenizer(model: &ModelFile<'_>) -> Result<Tokenizer> {
     Tokenizer::from_metadata(&model.metadata).context("the model's tokenizer cannot be built")
 }
 
-/// Threads to use: the flag, else every core.
+/// Threads to use: the flag, else the physical cores.
 pub(crate) fn threads(flag: Option<u16>) -> usize {
-    flag.map_or_else(
-        || std::thread::available_parallelism().map_or(1, usize::from),
-        usize::from,
-    )
+    flag.map_or_else(crate::system::physical_cores, usize::from)
 }
 
-/// The model on the CPU, with a KV cache of `ctx` positions.
+/// The model on the CPU, with a KV cache of `ctx` positions stored as `kv`.
 pub(crate) fn load<'w>(
     model: &ModelFile<'w>,
     threads: usize,
     ctx: usize,
+    kv: KvType,
 ) -> Result<Qwen2<'w, Cpu>> {
-    Qwen2::load(model, Cpu::new(threads), ctx).context("cannot load the model")
+    Qwen2::load_with_cache(model, Cpu::new(threads), ctx, kv).context("cannot load the model")
 }
 
 /// A generation session and how long loading took.
@@ -91,7 +90,12 @@ pub(crate) fn session<'w>(
     started: Instant,
 ) -> Result<(Session<'w, Cpu>, Duration)> {
     let tokenizer = tokenizer(model)?;
-    let qwen = load(model, threads(engine.threads), engine.ctx_size as usize)?;
+    let qwen = load(
+        model,
+        threads(engine.threads),
+        engine.ctx_size as usize,
+        engine.kv(),
+    )?;
     Ok((Session::new(qwen, tokenizer), started.elapsed()))
 }
 

@@ -118,19 +118,6 @@ impl Observer for Recorder {
     }
 }
 
-/// A `/proc/self/status` field in bytes (Linux only).
-fn proc_status(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line[field.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 pub(crate) fn run(args: TraceArgs) -> Result<()> {
     let opened = model::open(&args.model)?;
     let parsed = opened.parse()?;
@@ -140,7 +127,12 @@ pub(crate) fn run(args: TraceArgs) -> Result<()> {
         bail!("the prompt is empty: nothing to trace");
     }
     let ctx = (args.engine.ctx_size as usize).max(ids.len());
-    let mut qwen = model::load(&parsed, model::threads(args.engine.threads), ctx)?;
+    let mut qwen = model::load(
+        &parsed,
+        model::threads(args.engine.threads),
+        ctx,
+        args.engine.kv(),
+    )?;
     let mut rec = Recorder::default();
     let start = Instant::now();
     let logits = qwen.forward_observed(&ids, Logits::Last, Some(&mut rec))?;
@@ -193,9 +185,9 @@ pub(crate) fn run(args: TraceArgs) -> Result<()> {
             .collect(),
         forward_ms,
         memory: args.memory_profile.then(|| Memory {
-            peak_rss_bytes: proc_status("VmHWM:"),
-            rss_file_bytes: proc_status("RssFile:"),
-            rss_anon_bytes: proc_status("RssAnon:"),
+            peak_rss_bytes: crate::system::proc_status("VmHWM:"),
+            rss_file_bytes: crate::system::proc_status("RssFile:"),
+            rss_anon_bytes: crate::system::proc_status("RssAnon:"),
             mapped_file_bytes: opened.file.bytes().len() as u64,
         }),
     };
