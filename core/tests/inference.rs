@@ -73,12 +73,13 @@ fn issue_4_batched_prompt_equals_token_by_token() {
     let gguf = synth::gguf(&cfg, GgmlType::Q8_0).unwrap();
     let model = ModelFile::parse(&gguf).unwrap();
     // Longer than one batch, so the prompt runs in two steps.
-    let tokens: Vec<u32> = (0..45).map(|i| (i * 37 + 11) % 256).collect();
-    let mut a = Qwen2::load(&model, Cpu::new(2), 64).unwrap();
+    let n = apr_core::model::qwen2::BATCH + 13;
+    let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 37 + 11) % 256).collect();
+    let mut a = Qwen2::load(&model, Cpu::new(2), n + 8).unwrap();
     let all = a.forward(&tokens, Logits::All).unwrap();
     let vocab = a.config().vocab;
     assert_eq!(all.len(), tokens.len() * vocab);
-    let mut b = Qwen2::load(&model, Cpu::new(1), 64).unwrap();
+    let mut b = Qwen2::load(&model, Cpu::new(1), n + 8).unwrap();
     for (i, &t) in tokens.iter().enumerate() {
         let one = b.forward(&[t], Logits::Last).unwrap();
         assert_eq!(one, all[i * vocab..(i + 1) * vocab], "position {i}");
@@ -313,4 +314,42 @@ fn issue_4_seeded_sampling_is_reproducible_across_formats() {
     let mut other = params.clone();
     other.sampler.seed = 7;
     assert_ne!(a, run(&gguf, &other));
+}
+
+#[test]
+fn issue_5_f32_and_f16_caches_agree_closely_and_every_kernel_level_gives_the_same_logits() {
+    use apr_core::backend::KvType;
+    use apr_core::quant::simd::Isa;
+    for ty in [
+        GgmlType::Q5_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::F32,
+    ] {
+        let gguf = synth::gguf(&Config::default(), ty).unwrap();
+        let model = ModelFile::parse(&gguf).unwrap();
+        let tokens: Vec<u32> = (0..40).map(|i| (i * 53 + 7) % 256).collect();
+        let run = |cpu: Cpu, kv: KvType| {
+            let mut q = Qwen2::load_with_cache(&model, cpu, 64, kv).unwrap();
+            let mut out = q.forward(&tokens, Logits::Last).unwrap();
+            out.extend(q.forward(&[5], Logits::Last).unwrap());
+            out
+        };
+        let f16 = run(Cpu::new(2), KvType::F16);
+        let f32 = run(Cpu::new(2), KvType::F32);
+        assert_ne!(f16, f32, "{ty}: the cache type must change the arithmetic");
+        assert!(
+            max_diff(&f16, &f32) < 0.05,
+            "{ty}: {}",
+            max_diff(&f16, &f32)
+        );
+        // The scalar reference kernels and every SIMD level this machine has agree exactly,
+        // prompt and decode, on one thread and two.
+        for isa in Isa::available() {
+            for threads in [1, 2] {
+                let got = run(Cpu::with_isa(threads, isa), KvType::F16);
+                assert_eq!(got, f16, "{ty} on {} with {threads} threads", isa.name());
+            }
+        }
+    }
 }

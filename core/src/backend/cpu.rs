@@ -123,6 +123,8 @@ pub struct Cpu {
     acts: Activations,
     /// `[out_cols, rows]`: matmul results before they are transposed into place.
     transposed: Vec<f32>,
+    /// `[heads, rows, head_dim]`: attention output before it is put back in row order.
+    head_major: Vec<f32>,
 }
 
 impl Cpu {
@@ -139,6 +141,7 @@ impl Cpu {
             pool: Pool::new(threads.max(1)),
             acts: Activations::default(),
             transposed: Vec::new(),
+            head_major: Vec::new(),
         }
     }
 
@@ -500,27 +503,36 @@ impl Backend for Cpu {
         let isa = self.isa;
         // Worth a thread once there is a few hundred thousand multiply-adds to share.
         let parallel = rows * heads * (pos0 + rows) * head_dim >= 1 << 17;
-        // One item is one (row, head) pair's output.
-        self.pool.split(parallel, out, head_dim, |first, chunk| {
-            let mut qh = vec![0f32; head_dim];
-            let mut k = vec![0f32; head_dim];
-            let mut v = vec![0f32; head_dim];
-            for (n, o) in chunk.chunks_exact_mut(head_dim).enumerate() {
-                let item = first + n;
-                let (i, h) = (item / heads, item % heads);
-                qh.copy_from_slice(&q[i * width + h * head_dim..][..head_dim]);
-                let head = AttnHead {
-                    keys: k_cache.rows(),
-                    values: v_cache.rows(),
-                    stride: kv_width,
-                    offset: (h / group) * head_dim,
-                    len: pos0 + i + 1,
-                    scale,
-                };
-                isa.attend(&mut qh, &head, &mut k, &mut v, o);
-            }
-            Ok(())
-        })
+        // One item is one (head, row) pair's output, head-major: later rows attend to more
+        // positions, so row-major halves would leave the first thread idle half the time.
+        let head_major = &mut self.head_major;
+        head_major.resize(rows * width, 0.0);
+        self.pool
+            .split(parallel, head_major, head_dim, |first, chunk| {
+                let mut qh = vec![0f32; head_dim];
+                let mut k = vec![0f32; head_dim];
+                let mut v = vec![0f32; head_dim];
+                for (n, o) in chunk.chunks_exact_mut(head_dim).enumerate() {
+                    let item = first + n;
+                    let (h, i) = (item / rows, item % rows);
+                    qh.copy_from_slice(&q[i * width + h * head_dim..][..head_dim]);
+                    let head = AttnHead {
+                        keys: k_cache.rows(),
+                        values: v_cache.rows(),
+                        stride: kv_width,
+                        offset: (h / group) * head_dim,
+                        len: pos0 + i + 1,
+                        scale,
+                    };
+                    isa.attend(&mut qh, &head, &mut k, &mut v, o);
+                }
+                Ok(())
+            })?;
+        for (n, src) in head_major.chunks_exact(head_dim).enumerate() {
+            let (h, i) = (n / rows, n % rows);
+            out[i * width + h * head_dim..][..head_dim].copy_from_slice(src);
+        }
+        Ok(())
     }
 
     /// `ggml_vec_swiglu_f32`: `silu(g) * u` with `silu(g) = g / (1 + e^-g)`, `e^x` as
@@ -528,8 +540,13 @@ impl Backend for Cpu {
     fn silu_mul(&mut self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         let g = slice_mut(gate, len, "silu_mul")?;
         let u = slice(up, len, "silu_mul")?;
-        self.isa.silu_mul(g, u);
-        Ok(())
+        let isa = self.isa;
+        // Items of 64 values; a prompt's worth is worth sharing.
+        self.pool.split(len >= 1 << 16, g, 64, |first, chunk| {
+            let at = first * 64;
+            isa.silu_mul(chunk, &u[at..at + chunk.len()]);
+            Ok(())
+        })
     }
 
     fn add(&mut self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {

@@ -47,8 +47,11 @@ pub(crate) fn timed(session: &mut Session<'_, Cpu>, prompt: &[u32], tokens: usiz
     };
     let start = Instant::now();
     let mut at = Vec::with_capacity(tokens);
-    let outcome = session.generate(prompt, &params, |_| {
-        at.push(start.elapsed().as_secs_f64() * 1e3);
+    let outcome = session.generate(prompt, &params, |token| {
+        // Held-back text flushed at the end comes without a token id: not a token.
+        if token.id.is_some() {
+            at.push(start.elapsed().as_secs_f64() * 1e3);
+        }
         ControlFlow::Continue(())
     })?;
     let total_ms = start.elapsed().as_secs_f64() * 1e3;
