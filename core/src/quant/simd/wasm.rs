@@ -1,0 +1,293 @@
+//! wasm32 `simd128` kernels, compiled in when the build enables the feature
+//! (`-C target-feature=+simd128`). Like the others they compute exactly the scalar reference.
+//!
+//! WebAssembly has no fused multiply-add (relaxed SIMD's may or may not fuse), and the reference
+//! fuses. A fused `acc + d * s` is recovered exactly in f64: `d * s` is exact there (24 + 17 bits),
+//! the sum is rounded to odd (a two-sum gives its error, which fixes the last bit), and rounding
+//! that to f32 is then the correctly rounded fused result.
+//!
+//! Types and operations without a kernel here (the K-quants, attention, SiLU) run the reference.
+
+use core::arch::wasm32::*;
+
+use super::super::blocks::*;
+use super::super::dot::{ActRow, hsum8, weight_blocks};
+use super::super::{QK, QuantError, f16_to_f32};
+use crate::dtype::GgmlType;
+
+#[inline(always)]
+fn load16(bytes: &[u8]) -> v128 {
+    assert!(bytes.len() >= 16);
+    // SAFETY: at least 16 readable bytes, checked above; v128_load needs no alignment.
+    unsafe { v128_load(bytes.as_ptr().cast()) }
+}
+
+/// Four lane sums of 16 signed bytes: lane `l` is the sum of the products of bytes `4l..4l + 4`.
+#[inline(always)]
+fn quads(x: v128, y: v128) -> v128 {
+    let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(x), i16x8_extend_low_i8x16(y));
+    let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(x), i16x8_extend_high_i8x16(y));
+    i32x4_add(
+        i32x4_shuffle::<0, 2, 4, 6>(lo, hi),
+        i32x4_shuffle::<1, 3, 5, 7>(lo, hi),
+    )
+}
+
+/// `a + b` in f64, rounded to odd: correct to round once more to f32.
+#[inline(always)]
+fn add_to_odd(a: v128, b: v128) -> v128 {
+    let s = f64x2_add(a, b);
+    // Knuth's two-sum: s + err == a + b exactly.
+    let bb = f64x2_sub(s, a);
+    let err = f64x2_add(f64x2_sub(a, f64x2_sub(s, bb)), f64x2_sub(b, bb));
+    // Inexact, finite and even: step one unit in the last place towards the exact value.
+    let inexact = f64x2_ne(err, f64x2_splat(0.0));
+    let finite = f64x2_lt(f64x2_abs(s), f64x2_splat(f64::INFINITY));
+    let even = i64x2_eq(v128_and(s, i64x2_splat(1)), i64x2_splat(0));
+    let fix = v128_and(v128_and(inexact, finite), even);
+    // Towards the exact value: away from zero when err has the sign of s, else towards zero.
+    let same_sign = i64x2_ge(v128_xor(s, err), i64x2_splat(0));
+    let step = v128_bitselect(i64x2_splat(1), i64x2_splat(-1), same_sign);
+    i64x2_add(s, v128_and(step, fix))
+}
+
+/// `fmaf(d, s, acc)` lane by lane, exactly: `s` holds i32 lane sums.
+#[inline(always)]
+fn fma_lanes(acc: v128, s: v128, d: f32) -> v128 {
+    let d = f64x2_splat(f64::from(d));
+    let half = |acc: v128, s: v128| {
+        let p = f64x2_mul(d, f64x2_convert_low_i32x4(s));
+        f32x4_demote_f64x2_zero(add_to_odd(f64x2_promote_low_f32x4(acc), p))
+    };
+    let lo = half(acc, s);
+    let hi = half(
+        i32x4_shuffle::<2, 3, 0, 1>(acc, acc),
+        i32x4_shuffle::<2, 3, 0, 1>(s, s),
+    );
+    i32x4_shuffle::<0, 1, 4, 5>(lo, hi)
+}
+
+/// A block's 32 signed values as two vectors, and its scale.
+trait Unpack {
+    fn scale(&self) -> [u8; 2];
+    fn values(&self) -> [v128; 2];
+}
+
+impl Unpack for BlockQ8_0 {
+    fn scale(&self) -> [u8; 2] {
+        self.d
+    }
+    #[inline(always)]
+    fn values(&self) -> [v128; 2] {
+        let q: &[u8; QK] = bytemuck::cast_ref(&self.qs);
+        [load16(&q[..16]), load16(&q[16..])]
+    }
+}
+
+/// Low nibbles (values 0..16) and high nibbles (16..32) of 16 bytes.
+#[inline(always)]
+fn nibbles(qs: &[u8; 16]) -> [v128; 2] {
+    let q = load16(qs);
+    [v128_and(q, u8x16_splat(0x0f)), u8x16_shr(q, 4)]
+}
+
+impl Unpack for BlockQ4_0 {
+    fn scale(&self) -> [u8; 2] {
+        self.d
+    }
+    #[inline(always)]
+    fn values(&self) -> [v128; 2] {
+        let [lo, hi] = nibbles(&self.qs);
+        [i8x16_sub(lo, i8x16_splat(8)), i8x16_sub(hi, i8x16_splat(8))]
+    }
+}
+
+/// Byte `j` of entry `b` is 0x10 when bit `j` of `b` is set.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if (b >> j) & 1 == 1 {
+                t[b] |= 0x10 << (8 * j);
+            }
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+impl Unpack for BlockQ5_0 {
+    fn scale(&self) -> [u8; 2] {
+        self.d
+    }
+    #[inline(always)]
+    fn values(&self) -> [v128; 2] {
+        let [lo, hi] = nibbles(&self.qs);
+        let qh = u32::from_le_bytes(self.qh);
+        let spread = |bits: u32| {
+            u64x2(
+                SPREAD[(bits & 0xff) as usize],
+                SPREAD[((bits >> 8) & 0xff) as usize],
+            )
+        };
+        let sixteen = i8x16_splat(16);
+        [
+            i8x16_sub(v128_or(lo, spread(qh & 0xffff)), sixteen),
+            i8x16_sub(v128_or(hi, spread(qh >> 16)), sixteen),
+        ]
+    }
+}
+
+/// `dot::blocks` for one weight row.
+#[inline(always)]
+fn legacy<B: Unpack>(w: &[B], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [f32x4_splat(0.0); 2];
+    for (b, a) in w.iter().zip(y) {
+        let d = f16_to_f32(b.scale()) * f16_to_f32(a.d);
+        let x = b.values();
+        let ys = a.values();
+        acc[0] = fma_lanes(acc[0], quads(x[0], ys[0]), d);
+        acc[1] = fma_lanes(acc[1], quads(x[1], ys[1]), d);
+    }
+    let lane = |v: v128, i: usize| match i {
+        0 => f32x4_extract_lane::<0>(v),
+        1 => f32x4_extract_lane::<1>(v),
+        2 => f32x4_extract_lane::<2>(v),
+        _ => f32x4_extract_lane::<3>(v),
+    };
+    let lanes: [f32; 8] = core::array::from_fn(|i| lane(acc[i / 4], i % 4));
+    hsum8(&lanes)
+}
+
+/// `dot::dot_f32`: eight running sums of unfused products, then the reference's tail.
+pub(super) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    let (wc, xc) = (w.chunks_exact(8), x.chunks_exact(8));
+    let (wr, xr) = (wc.remainder(), xc.remainder());
+    let mut v = [f32x4_splat(0.0); 2];
+    for (a, b) in wc.zip(xc) {
+        for (k, lanes) in v.iter_mut().enumerate() {
+            // SAFETY: chunks of eight values.
+            let (p, q) = unsafe {
+                (
+                    v128_load(a.as_ptr().add(4 * k).cast()),
+                    v128_load(b.as_ptr().add(4 * k).cast()),
+                )
+            };
+            *lanes = f32x4_add(*lanes, f32x4_mul(p, q));
+        }
+    }
+    let mut acc = [0f32; 8];
+    for (k, lanes) in v.iter().enumerate() {
+        // SAFETY: `acc` holds eight f32.
+        unsafe { v128_store(acc.as_mut_ptr().add(4 * k).cast(), *lanes) };
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (a, b) in wr.iter().zip(xr) {
+        sum += a * b;
+    }
+    sum
+}
+
+/// `out[i] = w_i · x` for the weight rows in `bytes`, when simd128 has a kernel for `ty`.
+pub(super) fn dot_rows(
+    ty: GgmlType,
+    bytes: &[u8],
+    x: ActRow<'_>,
+    out: &mut [f32],
+) -> Result<Option<()>, QuantError> {
+    let rows = out.len();
+    match (ty, x) {
+        (GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_0, ActRow::Q8_0(y, _))
+            if !y.is_empty() && rows > 0 =>
+        {
+            let n = y.len();
+            match ty {
+                GgmlType::Q8_0 => {
+                    let w: &[BlockQ8_0] = weight_blocks(ty, bytes, n * rows, QK)?;
+                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
+                        *o = legacy(row, y);
+                    }
+                }
+                GgmlType::Q5_0 => {
+                    let w: &[BlockQ5_0] = weight_blocks(ty, bytes, n * rows, QK)?;
+                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
+                        *o = legacy(row, y);
+                    }
+                }
+                _ => {
+                    let w: &[BlockQ4_0] = weight_blocks(ty, bytes, n * rows, QK)?;
+                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
+                        *o = legacy(row, y);
+                    }
+                }
+            }
+            Ok(Some(()))
+        }
+        (GgmlType::F32, ActRow::F32(y)) if !y.is_empty() && rows > 0 => {
+            match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                Ok(w) if w.len() == y.len() * rows => {
+                    for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+                        *o = dot_f32(row, y);
+                    }
+                    Ok(Some(()))
+                }
+                _ => Ok(None),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact fused multiply-add against libm's, on values chosen to round both ways,
+    /// including near ties where rounding twice would go wrong.
+    #[wasm_bindgen_test::wasm_bindgen_test]
+    fn fused_multiply_add_is_exact() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..200_000u32 {
+            let r = next();
+            let acc =
+                f32::from_bits((r as u32 & 0x807f_ffff) | (((r >> 32) as u32 % 40 + 100) << 23));
+            let d = f32::from_bits(
+                ((r >> 16) as u32 & 0x807f_ffff) | ((((r >> 48) as u32) % 30 + 110) << 23),
+            );
+            let s = (next() as i32) >> (15 + i % 16);
+            let v = fma_lanes(f32x4_splat(acc), i32x4_splat(s), d);
+            let got = f32x4_extract_lane::<0>(v);
+            let want = libm::fmaf(d, s as f32, acc);
+            assert_eq!(got.to_bits(), want.to_bits(), "fma({d}, {s}, {acc})");
+        }
+        // Sums a hair above an f32 midpoint, by less than an f64 unit: rounding the f64 sum to
+        // nearest and then to f32 lands on the midpoint and rounds the wrong way.
+        let n = (1u64 << 30) + 1;
+        let mut near_ties = 0;
+        for s in 64..=131_072u64 {
+            if n.is_multiple_of(s) && n / s < 1 << 24 {
+                let d = (n / s) as f32 * 2f32.powi(-54);
+                for (acc, d) in [(1.0f32, d), (-1.0, -d)] {
+                    let v = fma_lanes(f32x4_splat(acc), i32x4_splat(s as i32), d);
+                    let want = libm::fmaf(d, s as f32, acc);
+                    assert_ne!(want, acc, "a near tie must round away from {acc}");
+                    assert_eq!(f32x4_extract_lane::<0>(v).to_bits(), want.to_bits());
+                    near_ties += 1;
+                }
+            }
+        }
+        assert!(near_ties >= 8);
+        // Infinities pass through as the reference has them.
+        let v = fma_lanes(f32x4_splat(1.0), i32x4_splat(3), f32::INFINITY);
+        assert_eq!(f32x4_extract_lane::<0>(v), f32::INFINITY);
+    }
+}
