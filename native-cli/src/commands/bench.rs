@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use apr_core::backend::cpu::Cpu;
-use apr_core::generate::{GenerateParams, Session};
+use apr_core::generate::{GenerateParams, Session, Timings};
 use apr_core::sample::SamplerConfig;
 use serde::Serialize;
 
@@ -58,16 +58,16 @@ pub(crate) fn timed(session: &mut Session<'_, Cpu>, prompt: &[u32], tokens: usiz
     let (Some(&first), Some(&last)) = (at.first(), at.last()) else {
         bail!("the model generated nothing");
     };
-    let decode_ms = last - first;
-    let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    // The same rates `apr run` reports, from the same definitions.
+    let t = Timings::new(0.0, first, last - first, outcome.prompt_tokens, at.len());
     Ok(Run {
         prompt_tokens: outcome.prompt_tokens,
         tokens: at.len(),
-        ttft_ms: first,
-        decode_ms,
+        ttft_ms: t.ttft_ms,
+        decode_ms: t.decode_ms,
         total_ms,
-        prefill_tokens_per_s: rate(outcome.prompt_tokens, first),
-        decode_tokens_per_s: rate(at.len() - 1, decode_ms),
+        prefill_tokens_per_s: t.prompt_tokens_per_s,
+        decode_tokens_per_s: t.decode_tokens_per_s,
         intervals_ms: at.windows(2).map(|w| w[1] - w[0]).collect(),
     })
 }

@@ -15,9 +15,96 @@ mod x86;
 
 use alloc::vec::Vec;
 
+#[cfg(any(
+    target_arch = "aarch64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+use super::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
 use super::dot::ActRow;
 use super::{QuantError, vec};
 use crate::dtype::GgmlType;
+
+/// Byte `j` of entry `b` is 0x10 when bit `j` of `b` is set: spreads eight of Q5_0's fifth
+/// bits over eight bytes, for the levels without a byte-mask instruction.
+#[cfg(any(
+    target_arch = "aarch64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+const Q5_SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if (b >> j) & 1 == 1 {
+                t[b] |= 0x10 << (8 * j);
+            }
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// One weight row's dot product per type, for the levels whose kernels are plain functions
+/// (NEON, simd128); [`rows`] is their shared loop over weight rows.
+#[cfg(any(
+    target_arch = "aarch64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+trait RowKernels {
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32;
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32;
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32;
+    fn f32(w: &[f32], x: &[f32]) -> f32;
+}
+
+/// `out[i] = w_i · x` for the weight rows in `bytes` through `K`'s kernels; `None` for the
+/// types `K` has none for.
+#[cfg(any(
+    target_arch = "aarch64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+fn rows<K: RowKernels>(
+    ty: GgmlType,
+    bytes: &[u8],
+    x: ActRow<'_>,
+    out: &mut [f32],
+) -> Result<Option<()>, QuantError> {
+    fn each<B: bytemuck::Pod>(
+        ty: GgmlType,
+        bytes: &[u8],
+        y: &[BlockQ8_0],
+        out: &mut [f32],
+        dot: fn(&[B], &[BlockQ8_0]) -> f32,
+    ) -> Result<(), QuantError> {
+        let w: &[B] = super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK)?;
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+            *o = dot(row, y);
+        }
+        Ok(())
+    }
+    if out.is_empty() {
+        return Ok(None);
+    }
+    match (ty, x) {
+        (GgmlType::Q8_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q8_0)?,
+        (GgmlType::Q5_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q5_0)?,
+        (GgmlType::Q4_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q4_0)?,
+        (GgmlType::F32, ActRow::F32(y)) if !y.is_empty() => {
+            match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                Ok(w) if w.len() == y.len() * out.len() => {
+                    for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+                        *o = K::f32(row, y);
+                    }
+                }
+                _ => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(()))
+}
 
 /// Calls `$call` in the module of `$isa`'s level, or `$scalar` for the reference.
 macro_rules! level {
@@ -144,9 +231,9 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => unsafe { x86::avx512::dot_rows(ty, rows, x, out)? },
             #[cfg(target_arch = "aarch64")]
-            Level::Neon => neon::dot_rows(ty, rows, x, out)?,
+            Level::Neon => self::rows::<neon::Kernels>(ty, rows, x, out)?,
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Level::Simd128 => wasm::dot_rows(ty, rows, x, out)?,
+            Level::Simd128 => self::rows::<wasm::Kernels>(ty, rows, x, out)?,
         };
         if fast.is_some() {
             return Ok(());

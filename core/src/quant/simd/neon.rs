@@ -8,9 +8,7 @@
 use core::arch::aarch64::*;
 
 use super::super::blocks::*;
-use super::super::dot::{ActRow, hsum8, weight_blocks};
-use super::super::{QK, QuantError};
-use crate::dtype::GgmlType;
+use super::super::dot::hsum8;
 
 #[inline(always)]
 fn load16(bytes: &[i8]) -> int8x16_t {
@@ -33,23 +31,6 @@ fn lanes(x: [int8x16_t; 2], y: [int8x16_t; 2]) -> [int32x4_t; 2] {
         [half(x[0], y[0]), half(x[1], y[1])]
     }
 }
-
-/// Byte `j` of entry `b` is 0x10 when bit `j` of `b` is set.
-const SPREAD: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut j = 0;
-        while j < 8 {
-            if (b >> j) & 1 == 1 {
-                t[b] |= 0x10 << (8 * j);
-            }
-            j += 1;
-        }
-        b += 1;
-    }
-    t
-};
 
 /// A block's 32 signed values as two vectors.
 trait Unpack {
@@ -105,8 +86,8 @@ impl Unpack for BlockQ5_0 {
         let qh = u32::from_le_bytes(self.qh);
         // The fifth bit of value i is bit i of qh, spread to 0x10 in byte i through a table.
         let spread = |bits: u32| -> uint8x16_t {
-            let lo = SPREAD[(bits & 0xff) as usize];
-            let hi = SPREAD[((bits >> 8) & 0xff) as usize];
+            let lo = super::Q5_SPREAD[(bits & 0xff) as usize];
+            let hi = super::Q5_SPREAD[((bits >> 8) & 0xff) as usize];
             // SAFETY: NEON is part of aarch64.
             unsafe { vcombine_u8(vcreate_u8(lo), vcreate_u8(hi)) }
         };
@@ -173,52 +154,20 @@ pub(super) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     sum
 }
 
-/// `out[i] = w_i · x` for the weight rows in `bytes`, when NEON has a kernel for `ty`.
-pub(super) fn dot_rows(
-    ty: GgmlType,
-    bytes: &[u8],
-    x: ActRow<'_>,
-    out: &mut [f32],
-) -> Result<Option<()>, QuantError> {
-    let rows = out.len();
-    match (ty, x) {
-        (GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_0, ActRow::Q8_0(y, _))
-            if !y.is_empty() && rows > 0 =>
-        {
-            let n = y.len();
-            match ty {
-                GgmlType::Q8_0 => {
-                    let w: &[BlockQ8_0] = weight_blocks(ty, bytes, n * rows, QK)?;
-                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
-                        *o = legacy(row, y);
-                    }
-                }
-                GgmlType::Q5_0 => {
-                    let w: &[BlockQ5_0] = weight_blocks(ty, bytes, n * rows, QK)?;
-                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
-                        *o = legacy(row, y);
-                    }
-                }
-                _ => {
-                    let w: &[BlockQ4_0] = weight_blocks(ty, bytes, n * rows, QK)?;
-                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
-                        *o = legacy(row, y);
-                    }
-                }
-            }
-            Ok(Some(()))
-        }
-        (GgmlType::F32, ActRow::F32(y)) if !y.is_empty() && rows > 0 => {
-            match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-                Ok(w) if w.len() == y.len() * rows => {
-                    for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
-                        *o = dot_f32(row, y);
-                    }
-                    Ok(Some(()))
-                }
-                _ => Ok(None),
-            }
-        }
-        _ => Ok(None),
+/// This level's kernels for the shared row loop.
+pub(super) struct Kernels;
+
+impl super::RowKernels for Kernels {
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+        legacy(w, y)
+    }
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+        legacy(w, y)
+    }
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+        legacy(w, y)
+    }
+    fn f32(w: &[f32], x: &[f32]) -> f32 {
+        dot_f32(w, x)
     }
 }

@@ -11,9 +11,8 @@
 use core::arch::wasm32::*;
 
 use super::super::blocks::*;
-use super::super::dot::{ActRow, hsum8, weight_blocks};
-use super::super::{QK, QuantError, f16_to_f32};
-use crate::dtype::GgmlType;
+use super::super::dot::hsum8;
+use super::super::{QK, f16_to_f32};
 
 #[inline(always)]
 fn load16(bytes: &[u8]) -> v128 {
@@ -102,23 +101,6 @@ impl Unpack for BlockQ4_0 {
     }
 }
 
-/// Byte `j` of entry `b` is 0x10 when bit `j` of `b` is set.
-const SPREAD: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut j = 0;
-        while j < 8 {
-            if (b >> j) & 1 == 1 {
-                t[b] |= 0x10 << (8 * j);
-            }
-            j += 1;
-        }
-        b += 1;
-    }
-    t
-};
-
 impl Unpack for BlockQ5_0 {
     fn scale(&self) -> [u8; 2] {
         self.d
@@ -129,8 +111,8 @@ impl Unpack for BlockQ5_0 {
         let qh = u32::from_le_bytes(self.qh);
         let spread = |bits: u32| {
             u64x2(
-                SPREAD[(bits & 0xff) as usize],
-                SPREAD[((bits >> 8) & 0xff) as usize],
+                super::Q5_SPREAD[(bits & 0xff) as usize],
+                super::Q5_SPREAD[((bits >> 8) & 0xff) as usize],
             )
         };
         let sixteen = i8x16_splat(16);
@@ -191,53 +173,21 @@ pub(super) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     sum
 }
 
-/// `out[i] = w_i · x` for the weight rows in `bytes`, when simd128 has a kernel for `ty`.
-pub(super) fn dot_rows(
-    ty: GgmlType,
-    bytes: &[u8],
-    x: ActRow<'_>,
-    out: &mut [f32],
-) -> Result<Option<()>, QuantError> {
-    let rows = out.len();
-    match (ty, x) {
-        (GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_0, ActRow::Q8_0(y, _))
-            if !y.is_empty() && rows > 0 =>
-        {
-            let n = y.len();
-            match ty {
-                GgmlType::Q8_0 => {
-                    let w: &[BlockQ8_0] = weight_blocks(ty, bytes, n * rows, QK)?;
-                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
-                        *o = legacy(row, y);
-                    }
-                }
-                GgmlType::Q5_0 => {
-                    let w: &[BlockQ5_0] = weight_blocks(ty, bytes, n * rows, QK)?;
-                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
-                        *o = legacy(row, y);
-                    }
-                }
-                _ => {
-                    let w: &[BlockQ4_0] = weight_blocks(ty, bytes, n * rows, QK)?;
-                    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
-                        *o = legacy(row, y);
-                    }
-                }
-            }
-            Ok(Some(()))
-        }
-        (GgmlType::F32, ActRow::F32(y)) if !y.is_empty() && rows > 0 => {
-            match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-                Ok(w) if w.len() == y.len() * rows => {
-                    for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
-                        *o = dot_f32(row, y);
-                    }
-                    Ok(Some(()))
-                }
-                _ => Ok(None),
-            }
-        }
-        _ => Ok(None),
+/// This level's kernels for the shared row loop.
+pub(super) struct Kernels;
+
+impl super::RowKernels for Kernels {
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+        legacy(w, y)
+    }
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+        legacy(w, y)
+    }
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+        legacy(w, y)
+    }
+    fn f32(w: &[f32], x: &[f32]) -> f32 {
+        dot_f32(w, x)
     }
 }
 
