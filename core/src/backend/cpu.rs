@@ -115,13 +115,48 @@ fn matmul_chunk(
     Ok(())
 }
 
+/// Output rows `first..first + chunk.len() / rows` of the matrices `ws` stacked one above the
+/// other, in [`matmul_chunk`]'s layout.
+fn stacked_chunk(
+    isa: Isa,
+    ws: &[&CpuMatrix<'_>],
+    acts: &Activations,
+    rows: usize,
+    first: usize,
+    chunk: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
+    let mut at = first;
+    let mut rest = chunk;
+    let mut offset = 0;
+    for w in ws {
+        let start = offset;
+        let end = start + w.rows();
+        offset = end;
+        if rest.is_empty() {
+            break;
+        }
+        if at >= end {
+            continue;
+        }
+        let take = (end - at).min(rest.len() / rows);
+        let (part, tail) = rest.split_at_mut(take * rows);
+        matmul_chunk(isa, w, acts, rows, at - start, part, scratch)?;
+        at += take;
+        rest = tail;
+    }
+    Ok(())
+}
+
 /// The CPU backend.
 #[derive(Debug)]
 pub struct Cpu {
     isa: Isa,
     pool: Pool,
-    acts: Activations,
-    /// `[out_cols, rows]`: matmul results before they are transposed into place.
+    /// Encoded activations, one buffer per member of the team.
+    acts: Vec<Activations>,
+    /// `[out_cols, rows]`: results of a product split by weight rows, before they are
+    /// transposed into place.
     transposed: Vec<f32>,
     /// `[heads, rows, head_dim]`: attention output before it is put back in row order.
     head_major: Vec<f32>,
@@ -139,7 +174,7 @@ impl Cpu {
         Self {
             isa,
             pool: Pool::new(threads.max(1)),
-            acts: Activations::default(),
+            acts: Vec::new(),
             transposed: Vec::new(),
             head_major: Vec::new(),
         }
@@ -197,28 +232,32 @@ impl Pool {
         }
     }
 
-    /// Runs `f(first_item, chunk)` over `out` split into at most `threads` runs of whole items
-    /// of `item` values each; `parallel` false keeps it on the calling thread.
-    fn split<F>(&self, parallel: bool, out: &mut [f32], item: usize, f: F) -> Result<()>
+    /// Runs `f(member, part)` for every part, part `t` on member `t` (at most `threads`
+    /// parts; a single part runs on the calling thread).
+    fn each<P, F>(&self, parts: Vec<P>, f: F) -> Result<()>
     where
-        F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
+        P: Send,
+        F: Fn(usize, P) -> Result<()> + Sync,
     {
-        let items = out.len() / item.max(1);
         #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-        if parallel && items > 1 && self.team.threads() > 1 {
+        if parts.len() > 1 {
             use std::sync::Mutex;
-            let per = items.div_ceil(self.team.threads());
-            let chunks: Vec<Mutex<Option<&mut [f32]>>> = out
-                .chunks_mut(per * item)
-                .map(|c| Mutex::new(Some(c)))
-                .collect();
+            if parts.len() > self.team.threads() {
+                return Err(Error::Invalid(alloc::format!(
+                    "internal: {} parts for {} threads",
+                    parts.len(),
+                    self.team.threads()
+                )));
+            }
+            let parts: Vec<Mutex<Option<P>>> =
+                parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
             let failed: Mutex<Option<Error>> = Mutex::new(None);
             let ran = self.team.run(&|t| {
-                let chunk = chunks
+                let part = parts
                     .get(t)
                     .and_then(|c| c.lock().unwrap_or_else(|e| e.into_inner()).take());
-                if let Some(chunk) = chunk
-                    && let Err(e) = f(t * per, chunk)
+                if let Some(part) = part
+                    && let Err(e) = f(t, part)
                 {
                     *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 }
@@ -231,8 +270,30 @@ impl Pool {
                 None => Ok(()),
             };
         }
-        let _ = (parallel, items);
-        f(0, out)
+        for (t, part) in parts.into_iter().enumerate() {
+            f(t, part)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f(first_item, chunk)` over `out` split into at most `threads` runs of whole items
+    /// of `item` values each; `parallel` false keeps it on the calling thread.
+    fn split<F>(&self, parallel: bool, out: &mut [f32], item: usize, f: F) -> Result<()>
+    where
+        F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
+    {
+        let items = out.len() / item.max(1);
+        let threads = if parallel { self.threads() } else { 1 };
+        let per = items.div_ceil(threads).max(1);
+        let parts: Vec<(usize, &mut [f32])> = out
+            .chunks_mut(per * item.max(1))
+            .enumerate()
+            .map(|(t, c)| (t * per, c))
+            .collect();
+        if parts.is_empty() {
+            return f(0, out);
+        }
+        self.each(parts, |_, (first, chunk)| f(first, chunk))
     }
 }
 
@@ -249,6 +310,129 @@ fn slice<'b>(buf: &'b [f32], len: usize, what: &str) -> Result<&'b [f32]> {
 fn slice_mut<'b>(buf: &'b mut [f32], len: usize, what: &str) -> Result<&'b mut [f32]> {
     let have = buf.len();
     buf.get_mut(..len).ok_or_else(|| short(what, len, have))
+}
+
+/// One member's share of a batched product: activation rows `first..`, and those rows of
+/// every output.
+struct Share<'o> {
+    first: usize,
+    outs: Vec<&'o mut [f32]>,
+}
+
+impl Cpu {
+    /// [`Backend::matmuls`] for matrices that share the input's encoding.
+    ///
+    /// A batch of at least four rows per thread is split by activation rows: each member
+    /// encodes its own rows and runs them against every weight row, a tile of weight rows at a
+    /// time, writing its own rows of the outputs (the weights, a few MiB per layer, are read
+    /// once per member from the shared cache). Smaller batches and decoding split the weight
+    /// rows instead, over an input encoded once.
+    fn matmul_run(
+        &mut self,
+        ws: &[&CpuMatrix<'_>],
+        x: &[f32],
+        rows: usize,
+        outs: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        let Some(w0) = ws.first() else {
+            return Ok(());
+        };
+        let (k, kind) = (w0.cols(), ActKind::for_weight(w0.dtype()));
+        let x = slice(x, rows * k, "matmul input")?;
+        let total: usize = ws.iter().map(|w| w.rows()).sum();
+        // Small products are not worth a thread.
+        let threads = if total * k >= 1 << 16 {
+            self.pool.threads()
+        } else {
+            1
+        };
+        let bad = |e| Error::Invalid(alloc::format!("{e}"));
+        if rows >= 4 * threads {
+            let per = rows.div_ceil(threads).next_multiple_of(4);
+            let mut shares: Vec<Share<'_>> = (0..rows.div_ceil(per))
+                .map(|t| Share {
+                    first: t * per,
+                    outs: Vec::with_capacity(ws.len()),
+                })
+                .collect();
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                let out = slice_mut(out, rows * w.rows(), "matmul output")?;
+                for (share, chunk) in shares.iter_mut().zip(out.chunks_mut(per * w.rows())) {
+                    share.outs.push(chunk);
+                }
+            }
+            if self.acts.len() < shares.len() {
+                self.acts.resize_with(shares.len(), Activations::default);
+            }
+            let parts: Vec<_> = shares.into_iter().zip(self.acts.iter_mut()).collect();
+            let isa = self.isa;
+            return self.pool.each(parts, |_, (share, acts)| {
+                let n = (rows - share.first).min(per);
+                acts.encode_part(
+                    kind,
+                    &x[share.first * k..(share.first + n) * k],
+                    share.first..share.first + n,
+                    rows,
+                    k,
+                )
+                .map_err(bad)?;
+                let xs = (0..n)
+                    .map(|r| acts.row(r).ok_or_else(|| short("matmul activations", r, n)))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut tile = vec![0f32; TILE * n];
+                let mut scratch = vec![0f32; if kind == ActKind::F32 { k } else { 0 }];
+                for (w, out) in ws.iter().zip(share.outs) {
+                    let m = w.rows();
+                    for start in (0..m).step_by(TILE) {
+                        let take = TILE.min(m - start);
+                        let bytes =
+                            &w.data.bytes[start * w.row_bytes..(start + take) * w.row_bytes];
+                        let tile = &mut tile[..take * n];
+                        isa.dot_block(w.dtype(), bytes, &xs, &mut scratch, tile)
+                            .map_err(|e| {
+                                Error::Invalid(alloc::format!("tensor {}: {e}", w.data.name))
+                            })?;
+                        for (r, line) in out.chunks_exact_mut(m).enumerate() {
+                            for (i, v) in line[start..start + take].iter_mut().enumerate() {
+                                *v = tile[i * n + r];
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut offsets = Vec::with_capacity(ws.len());
+        let mut at = 0;
+        for w in ws {
+            offsets.push(at);
+            at += w.rows();
+        }
+        if self.acts.is_empty() {
+            self.acts.push(Activations::default());
+        }
+        self.acts[0].encode(kind, x, rows, k).map_err(bad)?;
+        let acts = &self.acts[0];
+        let transposed = &mut self.transposed;
+        transposed.resize(total * rows, 0.0);
+        let isa = self.isa;
+        self.pool
+            .split(threads > 1, transposed, rows, |first, chunk| {
+                let mut scratch = vec![0f32; if kind == ActKind::F32 { k } else { 0 }];
+                stacked_chunk(isa, ws, acts, rows, first, chunk, &mut scratch)
+            })?;
+        for ((w, &offset), out) in ws.iter().zip(&offsets).zip(outs.iter_mut()) {
+            let m = w.rows();
+            let out = slice_mut(out, rows * m, "matmul output")?;
+            let columns = &self.transposed[offset * rows..(offset + m) * rows];
+            for (j, col) in columns.chunks_exact(rows).enumerate() {
+                for (r, &v) in col.iter().enumerate() {
+                    out[r * m + j] = v;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Backend for Cpu {
@@ -356,27 +540,36 @@ impl Backend for Cpu {
         rows: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let (m, k) = (w.rows(), w.cols());
-        let x = slice(x, rows * k, "matmul input")?;
-        let out = slice_mut(out, rows * m, "matmul output")?;
-        self.acts
-            .encode(ActKind::for_weight(w.dtype()), x, rows, k)
-            .map_err(|e| Error::Invalid(alloc::format!("{e}")))?;
-        let acts = &self.acts;
-        let transposed = &mut self.transposed;
-        transposed.resize(m * rows, 0.0);
-        let isa = self.isa;
-        let decoded = ActKind::for_weight(w.dtype()) == ActKind::F32;
-        // Small products are not worth a thread.
-        self.pool
-            .split(m * k >= 1 << 16, transposed, rows, |first, chunk| {
-                let mut scratch = vec![0f32; if decoded { k } else { 0 }];
-                matmul_chunk(isa, w, acts, rows, first, chunk, &mut scratch)
-            })?;
-        for (j, col) in transposed.chunks_exact(rows).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                out[r * m + j] = v;
-            }
+        self.matmuls(&[w], x, rows, &mut [out])
+    }
+
+    /// One encoding of the input for every matrix that reads it the same way, one split of all
+    /// their rows over the team, and a parallel, cache-blocked transpose into the outputs.
+    fn matmuls(
+        &mut self,
+        ws: &[&CpuMatrix<'_>],
+        x: &Vec<f32>,
+        rows: usize,
+        outs: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(Error::Invalid(alloc::format!(
+                "internal: {} matrices but {} outputs",
+                ws.len(),
+                outs.len()
+            )));
+        }
+        let mut first = 0;
+        while first < ws.len() {
+            // A run of matrices with the same input width and activation encoding.
+            let (k, kind) = (ws[first].cols(), ActKind::for_weight(ws[first].dtype()));
+            let run = ws[first..]
+                .iter()
+                .take_while(|w| w.cols() == k && ActKind::for_weight(w.dtype()) == kind)
+                .count();
+            let end = first + run;
+            self.matmul_run(&ws[first..end], x, rows, &mut outs[first..end])?;
+            first = end;
         }
         Ok(())
     }
@@ -555,5 +748,89 @@ impl Backend for Cpu {
             *a += b;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::borrow::Cow;
+    use alloc::string::ToString;
+
+    use super::*;
+    use crate::quant::dot::dot;
+    use crate::synth::Rng;
+
+    fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> MatrixData<'static> {
+        let values: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+        let len = ty.bytes_for((rows * cols) as u64).unwrap_or(0) as usize;
+        let mut bytes = vec![0u8; len];
+        crate::quant::quantize(ty, &values, &mut bytes).unwrap();
+        MatrixData {
+            name: ty.to_string(),
+            dtype: ty,
+            rows,
+            cols,
+            bytes: Cow::Owned(bytes),
+        }
+    }
+
+    /// Stacked products of ragged heights, split by weight rows (few input rows) and by input
+    /// rows (a batch), on one to three threads: every output equals the reference kernel's dot
+    /// of its weight row and input row, which the product must reproduce bit for bit.
+    #[test]
+    fn stacked_products_match_the_reference_on_every_split() {
+        let mut rng = Rng::new(11);
+        let cols = 256;
+        for types in [
+            [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q5_0],
+            [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_K],
+            [GgmlType::F16, GgmlType::F32, GgmlType::BF16],
+        ] {
+            let data: Vec<_> = types
+                .iter()
+                .zip([200, 24, 333])
+                .map(|(&ty, m)| matrix(ty, m, cols, &mut rng))
+                .collect();
+            for rows in [1, 3, 7, 8, 37] {
+                let x: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+                let mut expect: Vec<Vec<f32>> = Vec::new();
+                for d in &data {
+                    let kind = ActKind::for_weight(d.dtype);
+                    let mut acts = Activations::default();
+                    acts.encode(kind, &x, rows, cols).unwrap();
+                    let row_bytes = d.bytes.len() / d.rows;
+                    let mut scratch = vec![0f32; cols];
+                    let mut out = vec![0f32; rows * d.rows];
+                    for r in 0..rows {
+                        for i in 0..d.rows {
+                            let w = &d.bytes[i * row_bytes..(i + 1) * row_bytes];
+                            let a = acts.row(r).unwrap();
+                            out[r * d.rows + i] = dot(d.dtype, w, a, &mut scratch).unwrap();
+                        }
+                    }
+                    expect.push(out);
+                }
+                for threads in [1, 2, 3] {
+                    for isa in Isa::available() {
+                        let mut cpu = Cpu::with_isa(threads, isa);
+                        let ws: Vec<_> = data
+                            .iter()
+                            .map(|d| cpu.matrix(d.clone()).unwrap())
+                            .collect();
+                        let refs: Vec<&CpuMatrix<'_>> = ws.iter().collect();
+                        let mut outs: Vec<Vec<f32>> =
+                            data.iter().map(|d| vec![0f32; rows * d.rows]).collect();
+                        let mut out_refs: Vec<&mut Vec<f32>> = outs.iter_mut().collect();
+                        cpu.matmuls(&refs, &x, rows, &mut out_refs).unwrap();
+                        assert_eq!(
+                            outs,
+                            expect,
+                            "{types:?}, {rows} rows, {threads} threads, {}",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -134,6 +134,28 @@ pub trait Backend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// [`Backend::matmul`] for several matrices of the same input width over one input:
+    /// `outs[j]` gets `ws[j] · x`. Backends may encode the input once and split the rows of all
+    /// the matrices as one piece of work (query, key and value; gate and up).
+    fn matmuls(
+        &mut self,
+        ws: &[&Self::Matrix<'_>],
+        x: &Self::Buf,
+        rows: usize,
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(crate::Error::Invalid(alloc::format!(
+                "internal: {} matrices but {} outputs",
+                ws.len(),
+                outs.len()
+            )));
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, rows, out)?;
+        }
+        Ok(())
+    }
     /// `x[i, :] += bias` for `rows` rows of the bias's length.
     fn add_bias(&mut self, x: &mut Self::Buf, bias: &Self::Buf, rows: usize) -> Result<()>;
     /// NeoX rotary embedding in place: `x` is `[rows, heads * head_dim]`, row `i` at position

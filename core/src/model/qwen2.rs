@@ -433,11 +433,14 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 bk.rms_norm(&s.x, &b.attn_norm, eps, rows, &mut s.xn)
             );
             op!(Op::Qkv, {
-                bk.matmul(&b.wq, &s.xn, rows, &mut s.q)?;
+                bk.matmuls(
+                    &[&b.wq, &b.wk, &b.wv],
+                    &s.xn,
+                    rows,
+                    &mut [&mut s.q, &mut s.k, &mut s.v],
+                )?;
                 bk.add_bias(&mut s.q, &b.bq, rows)?;
-                bk.matmul(&b.wk, &s.xn, rows, &mut s.k)?;
                 bk.add_bias(&mut s.k, &b.bk, rows)?;
-                bk.matmul(&b.wv, &s.xn, rows, &mut s.v)?;
                 bk.add_bias(&mut s.v, &b.bv, rows)
             });
             op!(Op::Rope, {
@@ -466,8 +469,12 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 bk.rms_norm(&s.x, &b.ffn_norm, eps, rows, &mut s.xn)
             );
             op!(Op::FfnGateUp, {
-                bk.matmul(&b.w_gate, &s.xn, rows, &mut s.gate)?;
-                bk.matmul(&b.w_up, &s.xn, rows, &mut s.up)
+                bk.matmuls(
+                    &[&b.w_gate, &b.w_up],
+                    &s.xn,
+                    rows,
+                    &mut [&mut s.gate, &mut s.up],
+                )
             });
             op!(Op::SiluMul, bk.silu_mul(&mut s.gate, &s.up, rows * ffn));
             op!(

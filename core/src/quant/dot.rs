@@ -134,6 +134,9 @@ pub struct Activations {
     kind: Option<ActKind>,
     rows: usize,
     cols: usize,
+    /// Where the held rows sit in their batch: first row, and the batch's size.
+    first: usize,
+    batch: usize,
     f32s: Vec<f32>,
     q8_0: Vec<BlockQ8_0>,
     q8_d: Vec<f32>,
@@ -150,14 +153,38 @@ impl Activations {
         rows: usize,
         cols: usize,
     ) -> Result<(), QuantError> {
+        self.encode_part(kind, x, 0..rows, rows, cols)
+    }
+
+    /// Encodes rows `part` of a batch of `batch` rows (`x` holds just those rows), so that one
+    /// thread can encode and use its own share of a batch: [`Activations::row`] counts from
+    /// the part's first row, and each row keeps its place in the whole batch.
+    pub fn encode_part(
+        &mut self,
+        kind: ActKind,
+        x: &[f32],
+        part: core::ops::Range<usize>,
+        batch: usize,
+        cols: usize,
+    ) -> Result<(), QuantError> {
+        let rows = part.len();
         let x = x.get(..rows * cols).ok_or(QuantError::SizeMismatch {
             ty: GgmlType::F32,
             bytes: x.len() * 4,
             elements: rows * cols,
         })?;
+        if part.end > batch {
+            return Err(QuantError::SizeMismatch {
+                ty: GgmlType::F32,
+                bytes: part.end * cols * 4,
+                elements: batch * cols,
+            });
+        }
         self.kind = Some(kind);
         self.rows = rows;
         self.cols = cols;
+        self.first = part.start;
+        self.batch = batch;
         match kind {
             ActKind::F32 => {
                 self.f32s.clear();
@@ -210,8 +237,8 @@ impl Activations {
             ActKind::Q8K => {
                 let n = c / QK_K;
                 let at = BatchRow {
-                    row: r,
-                    rows: self.rows,
+                    row: self.first + r,
+                    rows: self.batch,
                 };
                 self.q8k.get(r * n..(r + 1) * n).map(|b| ActRow::Q8K(b, at))
             }

@@ -1028,44 +1028,72 @@ pub(super) fn has_avx512() -> bool {
 /// sums, and a tile of two weight rows by four activation rows shares every load. The float
 /// side is `dot::blocks`' lane for lane.
 mod vnni_tile {
-    use super::avx512::{f16x8, lanes_f32, load32, nibbles};
+    use super::avx512::{lanes_f32, load32, nibbles};
     use super::*;
+    use crate::quant::f16_to_f32;
 
     /// A run of activation rows as the tile reads them: blocks, f32 scales, corrections.
     pub(super) type Col<'a> = (&'a [BlockQ8_0], &'a [f32], &'a [[i32; 8]]);
 
+    /// Weight rows unpacked once for every activation row that passes over them: each block's
+    /// quants as unsigned bytes (`q + 128`) and its scale in f32, row-major.
+    struct Unpacked {
+        q: Vec<__m256i>,
+        d: Vec<f32>,
+        blocks: usize,
+    }
+
+    impl Unpacked {
+        fn row(&self, r: usize) -> (&[__m256i], &[f32]) {
+            let span = r * self.blocks..(r + 1) * self.blocks;
+            (&self.q[span.clone()], &self.d[span])
+        }
+    }
+
+    /// Blocks per pass of [`tile`]: the scale products of a pass live on the stack.
+    const PASS: usize = 32;
+
+    /// `R` weight rows times `C` activation rows. Per block and lane this is the reference's
+    /// arithmetic: the exact integer dot of four quants, times the product of the two scales
+    /// (rounded once), added with one fused multiply-add; the eight lanes are summed at the end.
+    /// The scale products are formed a pass at a time, ahead of the integer work, so the inner
+    /// loop is a load, a `vpdpbusd`, a conversion and an FMA.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn tile<B, const R: usize, const C: usize>(
-        w: [&[B]; R],
+    fn tile<const R: usize, const C: usize>(
+        w: [(&[__m256i], &[f32]); R],
         cols: [Col<'_>; C],
-        unsigned: impl Fn(&B) -> ([u8; 2], __m256i),
     ) -> [[f32; C]; R] {
-        let n = w[0].len();
-        assert!(w.iter().all(|r| r.len() == n));
+        let n = w[0].0.len();
+        assert!(w.iter().all(|(q, d)| q.len() == n && d.len() == n));
         assert!(
             cols.iter()
                 .all(|(y, d, m)| y.len() == n && d.len() == n && m.len() == n)
         );
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for i in 0..n {
-            let mut u = [_mm256_setzero_si256(); R];
-            let mut dw = [_mm256_setzero_ps(); R];
-            for r in 0..R {
-                let (d, q) = unsigned(&w[r][i]);
-                u[r] = q;
-                dw[r] = f16x8(d);
+        let mut scales = [[[0f32; PASS]; C]; R];
+        for first in (0..n).step_by(PASS) {
+            let len = PASS.min(n - first);
+            for (r, (_, dw)) in w.iter().enumerate() {
+                for (c, (_, da, _)) in cols.iter().enumerate() {
+                    let pass = dw[first..first + len].iter().zip(&da[first..first + len]);
+                    for (s, (&a, &b)) in scales[r][c].iter_mut().zip(pass) {
+                        *s = a * b;
+                    }
+                }
             }
-            for c in 0..C {
-                let (y, d, m) = cols[c];
-                let qy = load32(&y[i].qs);
-                // SAFETY: eight i32.
-                let pre = unsafe { _mm256_loadu_si256(m[i].as_ptr().cast()) };
-                let da = _mm256_set1_ps(d[i]);
-                for r in 0..R {
-                    let lanes = _mm256_dpbusd_epi32(pre, u[r], qy);
-                    let scale = _mm256_mul_ps(dw[r], da);
-                    acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[r][c]);
+            for (j, i) in (first..first + len).enumerate() {
+                let u: [__m256i; R] = core::array::from_fn(|r| w[r].0[i]);
+                for c in 0..C {
+                    let (y, _, m) = cols[c];
+                    let qy = load32(&y[i].qs);
+                    // SAFETY: eight i32.
+                    let pre = unsafe { _mm256_loadu_si256(m[i].as_ptr().cast()) };
+                    for r in 0..R {
+                        let lanes = _mm256_dpbusd_epi32(pre, u[r], qy);
+                        let scale = _mm256_set1_ps(scales[r][c][j]);
+                        acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[r][c]);
+                    }
                 }
             }
         }
@@ -1078,41 +1106,49 @@ mod vnni_tile {
         out
     }
 
-    /// `out[i * m + r]` for every weight row `i` of `w` (rows of `cols[0].0.len()` blocks)
-    /// and activation row `r` of the `m` in `cols`.
+    /// `out[i * m + r]` for every weight row `i` of `w` and activation row `r` of the `m` in
+    /// `cols`, tiles of four by four where the shape allows.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn block<B>(
-        w: &[B],
-        cols: &[Col<'_>],
-        out: &mut [f32],
-        unsigned: impl Fn(&B) -> ([u8; 2], __m256i) + Copy,
-    ) {
+    fn block(w: &Unpacked, cols: &[Col<'_>], out: &mut [f32]) {
+        const T: usize = 4;
         let m = cols.len();
-        let n = cols[0].0.len();
-        let rows: Vec<&[B]> = w.chunks_exact(n).collect();
-        let mut c0 = 0;
-        while c0 < m {
-            let take = (m - c0).min(4);
-            let g = &cols[c0..c0 + take];
+        let rows = w.q.len() / w.blocks;
+        for c0 in (0..m).step_by(T) {
+            let g = &cols[c0..m.min(c0 + T)];
             let mut r0 = 0;
-            while r0 < rows.len() {
-                let pair = rows.len() - r0 >= 2;
-                if take == 4 && pair {
-                    let res = tile([rows[r0], rows[r0 + 1]], [g[0], g[1], g[2], g[3]], unsigned);
+            while r0 < rows {
+                if g.len() == T && rows - r0 >= T {
+                    let res = tile::<T, T>(
+                        core::array::from_fn(|k| w.row(r0 + k)),
+                        core::array::from_fn(|c| g[c]),
+                    );
                     for (k, line) in res.iter().enumerate() {
-                        out[(r0 + k) * m + c0..][..4].copy_from_slice(line);
+                        out[(r0 + k) * m + c0..][..T].copy_from_slice(line);
                     }
-                    r0 += 2;
+                    r0 += T;
                 } else {
                     for (c, &col) in g.iter().enumerate() {
-                        out[r0 * m + c0 + c] = tile([rows[r0]], [col], unsigned)[0][0];
+                        out[r0 * m + c0 + c] = tile([w.row(r0)], [col])[0][0];
                     }
                     r0 += 1;
                 }
             }
-            c0 += take;
         }
+    }
+
+    /// Every block of `w` in the tile's form.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack<B>(w: &[B], blocks: usize, unsigned: impl Fn(&B) -> ([u8; 2], __m256i)) -> Unpacked {
+        let (d, q) = w
+            .iter()
+            .map(|b| {
+                let (d, q) = unsigned(b);
+                (f16_to_f32(d), q)
+            })
+            .unzip();
+        Unpacked { q, d, blocks }
     }
 
     /// The VNNI batched product for Q4_0, Q5_0 and Q8_0 weights; `None` for other types.
@@ -1123,33 +1159,33 @@ mod vnni_tile {
         cols: &[Col<'_>],
         out: &mut [f32],
     ) -> Result<Option<()>, QuantError> {
-        let blocks = cols[0].0.len() * (out.len() / cols.len());
-        match ty {
+        let per_row = cols[0].0.len();
+        let blocks = per_row * (out.len() / cols.len());
+        let w = match ty {
             GgmlType::Q8_0 => {
                 let w: &[BlockQ8_0] = weight_blocks(ty, bytes, blocks, QK)?;
                 let flip = _mm256_set1_epi8(0x80u8 as i8);
-                block(w, cols, out, |b| {
-                    (b.d, _mm256_xor_si256(load32(&b.qs), flip))
-                });
+                unpack(w, per_row, |b| (b.d, _mm256_xor_si256(load32(&b.qs), flip)))
             }
             GgmlType::Q5_0 => {
                 let w: &[BlockQ5_0] = weight_blocks(ty, bytes, blocks, QK)?;
                 let (lo, hi) = (_mm256_set1_epi8(0x70), _mm256_set1_epi8(0x80u8 as i8));
                 // (nibble | bit << 4) - 16 + 128: 0x70 + nibble, or 0x80 + nibble.
-                block(w, cols, out, |b| {
+                unpack(w, per_row, |b| {
                     let base = _mm256_mask_blend_epi8(u32::from_le_bytes(b.qh), lo, hi);
                     (b.d, _mm256_or_si256(nibbles(&b.qs), base))
-                });
+                })
             }
             GgmlType::Q4_0 => {
                 let w: &[BlockQ4_0] = weight_blocks(ty, bytes, blocks, QK)?;
                 let offset = _mm256_set1_epi8(120);
-                block(w, cols, out, |b| {
+                unpack(w, per_row, |b| {
                     (b.d, _mm256_add_epi8(nibbles(&b.qs), offset))
-                });
+                })
             }
             _ => return Ok(None),
-        }
+        };
+        block(&w, cols, out);
         Ok(Some(()))
     }
 }
