@@ -50,6 +50,55 @@ fn lanes_vnni(x: __m256i, y: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
 }
 
+/// `acc` plus the sums of adjacent i16 products of `a` and `b`, per i32 lane.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn wsum_avx2(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+}
+
+/// [`wsum_avx2`] in one `vpdpwssd`.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+fn wsum_vnni(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, a, b)
+}
+
+/// The sums of eight vectors of eight i32 lanes: lane `k` is the sum of `v[k]`'s lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn sums8(v: &[__m256i; 8]) -> __m256i {
+    // hadd works within 128-bit halves: [a01, a23, b01, b23 | a45, a67, b45, b67].
+    let g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(g0, g1),
+        _mm256_permute2x128_si256::<0x31>(g0, g1),
+    )
+}
+
+/// Eight vectors of eight i32 lanes in, four out: out `p` lane `k` is lanes `2p` and `2p + 1`
+/// of `v[k]` summed.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn pair_sums8(v: &[__m256i; 8]) -> [__m256i; 4] {
+    // [k0p0, k0p1, k1p0, k1p1 | k0p2, k0p3, k1p2, k1p3] for each pair of vectors.
+    let h01 = _mm256_castsi256_ps(_mm256_hadd_epi32(v[0], v[1]));
+    let h23 = _mm256_castsi256_ps(_mm256_hadd_epi32(v[2], v[3]));
+    let h45 = _mm256_castsi256_ps(_mm256_hadd_epi32(v[4], v[5]));
+    let h67 = _mm256_castsi256_ps(_mm256_hadd_epi32(v[6], v[7]));
+    let even_lo = _mm256_shuffle_ps::<0x88>(h01, h23);
+    let odd_lo = _mm256_shuffle_ps::<0xDD>(h01, h23);
+    let even_hi = _mm256_shuffle_ps::<0x88>(h45, h67);
+    let odd_hi = _mm256_shuffle_ps::<0xDD>(h45, h67);
+    [
+        _mm256_castps_si256(_mm256_permute2f128_ps::<0x20>(even_lo, even_hi)),
+        _mm256_castps_si256(_mm256_permute2f128_ps::<0x20>(odd_lo, odd_hi)),
+        _mm256_castps_si256(_mm256_permute2f128_ps::<0x31>(even_lo, even_hi)),
+        _mm256_castps_si256(_mm256_permute2f128_ps::<0x31>(odd_lo, odd_hi)),
+    ]
+}
+
 /// 0xF0 in every byte whose bit in `bits` is clear, 0 elsewhere: OR-ed into a Q5_0 nibble it
 /// gives the signed value `(nibble | bit << 4) - 16`.
 #[target_feature(enable = "avx2")]
@@ -83,7 +132,7 @@ const ROWS: usize = 1;
 const PREFETCH: usize = 2048;
 
 macro_rules! simd_level {
-    ($level:ident, $features:literal, $lanes:ident, $moved:ident, $q5_offsets:ident) => {
+    ($level:ident, $features:literal, $lanes:ident, $moved:ident, $q5_offsets:ident, $wsum:ident) => {
         pub(super) mod $level {
             use super::*;
 
@@ -392,8 +441,7 @@ macro_rules! simd_level {
                 let mut sum = _mm256_setzero_si256();
                 for (k, (&q, &s)) in levels.iter().zip(&scales.0).enumerate() {
                     let act = load32(y.qs[32 * k..32 * k + 32].try_into().unwrap_or(&[0; 32]));
-                    let products = _mm256_maddubs_epi16(q, act);
-                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(products, s));
+                    sum = $wsum(sum, _mm256_maddubs_epi16(q, act), s);
                 }
                 // SAFETY: `bsums` is 16 i16, 32 bytes.
                 let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
@@ -454,19 +502,21 @@ macro_rules! simd_level {
                 mins: __m256i,
                 a: &BlockQ8K,
             ) -> ([__m256i; 4], __m256i) {
-                let mut levels = [_mm256_setzero_si256(); 4];
-                for (p, level) in levels.iter_mut().enumerate() {
-                    let ylo = load32(a.qs[64 * p..64 * p + 32].try_into().unwrap_or(&[0; 32]));
-                    let yhi =
-                        load32(a.qs[64 * p + 32..64 * p + 64].try_into().unwrap_or(&[0; 32]));
-                    let slo = _mm256_madd_epi16(_mm256_maddubs_epi16(q[2 * p], ylo), scales[2 * p]);
-                    let shi =
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(q[2 * p + 1], yhi), scales[2 * p + 1]);
-                    *level = _mm256_add_epi32(slo, shi);
-                }
+                let levels = core::array::from_fn(|p| q4_k_pair(q, scales, a, p));
                 // SAFETY: `bsums` is 16 i16, 32 bytes.
                 let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
                 (levels, _mm256_madd_epi16(bsums, mins))
+            }
+
+            /// Pair `p` of a Q4_K block (groups `2p` and `2p + 1`, 64 values) against a Q8_K
+            /// block: the scaled level sums in eight lanes.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q4_k_pair(q: &[__m256i; 8], scales: &[__m256i; 8], a: &BlockQ8K, p: usize) -> __m256i {
+                let ylo = load32(a.qs[64 * p..64 * p + 32].try_into().unwrap_or(&[0; 32]));
+                let yhi = load32(a.qs[64 * p + 32..64 * p + 64].try_into().unwrap_or(&[0; 32]));
+                let lo = $wsum(_mm256_setzero_si256(), _mm256_maddubs_epi16(q[2 * p], ylo), scales[2 * p]);
+                $wsum(lo, _mm256_maddubs_epi16(q[2 * p + 1], yhi), scales[2 * p + 1])
             }
 
             /// Folds one block's sums into a row's two accumulators, in `gemm` pairs or whole.
@@ -528,8 +578,14 @@ macro_rules! simd_level {
                 acc - acc_min
             }
 
-            /// Q4_K and Q6_K weight rows against a batch of Q8_K rows, each weight block
-            /// unpacked once for the whole batch: `out[i * xs.len() + r]`.
+            /// Q4_K and Q6_K weight rows against a batch of Q8_K rows: `out[i * xs.len() + r]`.
+            ///
+            /// Two weight rows and four activation rows make a tile of eight products, one
+            /// per lane: each weight block is unpacked once for the whole batch, the integer
+            /// sums of the eight are reduced together, and the float folds, in the reference's
+            /// order, run lane-wise. Activation rows that llama.cpp's kernels take alone (the
+            /// last few of a batch, or every row of a small one) and an odd last weight row go
+            /// one product at a time.
             #[target_feature(enable = $features)]
             fn k_block(
                 ty: GgmlType,
@@ -540,53 +596,147 @@ macro_rules! simd_level {
                 let m = xs.len();
                 let nb = xs[0].0.len();
                 let blocks = nb * (out.len() / m);
-                let mut acc = alloc::vec![0f32; 2 * m];
-                let mut lanes = alloc::vec![_mm256_setzero_ps(); m];
+                let tiled = |at: &BatchRow| {
+                    if ty == GgmlType::Q4_K { at.in_group_of_four() } else { at.tiled() }
+                };
+                // Rows that llama.cpp groups come first in a batch.
+                let fast = xs.iter().take_while(|(_, at)| tiled(at)).count() / 4 * 4;
+                let tile_xs = &xs[..fast];
+                let mut acc = alloc::vec![[_mm256_setzero_ps(); 2]; fast / 4];
                 if ty == GgmlType::Q4_K {
                     let w: &[BlockQ4K] = weight_blocks(ty, bytes, blocks, QK_K)?;
-                    for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(m)) {
-                        acc.fill(0.0);
-                        for (i, b) in row.iter().enumerate() {
-                            let (q, scales, mins) = q4_k_unpack(b);
-                            let (bd, bmin) = (f16(b.d), f16(b.dmin));
-                            for (c, (y, at)) in xs.iter().enumerate() {
-                                let a = &y[i];
-                                let sums = q4_k_sums(&q, &scales, mins, a);
-                                let (lo, hi) = acc.split_at_mut(m);
-                                let grouped = at.in_group_of_four();
-                                q4_k_fold(sums, bd * a.d, bmin * a.d, grouped, (&mut lo[c], &mut hi[c]));
+                    for (pair, o) in w.chunks(2 * nb).zip(out.chunks_mut(2 * m)) {
+                        let tile_rows = if pair.len() == 2 * nb { fast } else { 0 };
+                        if tile_rows > 0 {
+                            q4_k_tiles([&pair[..nb], &pair[nb..]], tile_xs, &mut acc);
+                            for (g, a) in acc.iter().enumerate() {
+                                let v = lanes_f32(_mm256_sub_ps(a[0], a[1]));
+                                o[4 * g..4 * g + 4].copy_from_slice(&v[..4]);
+                                o[m + 4 * g..m + 4 * g + 4].copy_from_slice(&v[4..]);
                             }
                         }
-                        for (c, v) in o.iter_mut().enumerate() {
-                            *v = acc[c] - acc[m + c];
+                        for (row, o) in pair.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
+                            let skip = tile_rows;
+                            for ((y, at), v) in xs[skip..].iter().zip(&mut o[skip..]) {
+                                *v = q4_k(row, y, at.in_group_of_four());
+                            }
                         }
                     }
                 } else {
                     let w: &[BlockQ6K] = weight_blocks(ty, bytes, blocks, QK_K)?;
-                    for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(m)) {
-                        acc.fill(0.0);
-                        lanes.fill(_mm256_setzero_ps());
-                        for (i, b) in row.iter().enumerate() {
-                            let levels = q6_k_levels(b);
-                            let scales = q6_k_scales(b);
-                            let bd = f16(b.d);
-                            for (c, (y, at)) in xs.iter().enumerate() {
-                                let a = &y[i];
-                                let sums = q6_k_lanes_of(&levels, &scales, a);
-                                if at.tiled() {
-                                    acc[c] = fma(hsum_i32(sums) as f32 * bd, a.d, acc[c]);
-                                } else {
-                                    let d = _mm256_set1_ps(a.d * bd);
-                                    lanes[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), lanes[c]);
-                                }
+                    for (pair, o) in w.chunks(2 * nb).zip(out.chunks_mut(2 * m)) {
+                        let tile_rows = if pair.len() == 2 * nb { fast } else { 0 };
+                        if tile_rows > 0 {
+                            q6_k_tiles([&pair[..nb], &pair[nb..]], tile_xs, &mut acc);
+                            for (g, a) in acc.iter().enumerate() {
+                                let v = lanes_f32(a[0]);
+                                o[4 * g..4 * g + 4].copy_from_slice(&v[..4]);
+                                o[m + 4 * g..m + 4 * g + 4].copy_from_slice(&v[4..]);
                             }
                         }
-                        for (c, v) in o.iter_mut().enumerate() {
-                            *v = if xs[c].1.tiled() { acc[c] } else { hsum8(&lanes_f32(lanes[c])) };
+                        for (row, o) in pair.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
+                            let skip = tile_rows;
+                            for ((y, at), v) in xs[skip..].iter().zip(&mut o[skip..]) {
+                                *v = if at.tiled() { q6_k_tiled(row, y) } else { q6_k(row, y) };
+                            }
                         }
                     }
                 }
                 Ok(())
+            }
+
+            /// Two Q4_K weight rows against groups of four activation rows (all taken in
+            /// `gemm` groups): per group, lane `4r + c` of `acc[g][0]` is the level sum and of
+            /// `acc[g][1]` the min correction of weight row `r` and activation row `4g + c`.
+            #[target_feature(enable = $features)]
+            fn q4_k_tiles(
+                w: [&[BlockQ4K]; 2],
+                xs: &[(&[BlockQ8K], BatchRow)],
+                acc: &mut [[__m256; 2]],
+            ) {
+                acc.fill([_mm256_setzero_ps(); 2]);
+                for i in 0..w[0].len() {
+                    let (b0, b1) = (&w[0][i], &w[1][i]);
+                    let u = [q4_k_unpack(b0), q4_k_unpack(b1)];
+                    let (d0, d1) = (f16(b0.d), f16(b1.d));
+                    let (m0, m1) = (f16(b0.dmin), f16(b1.dmin));
+                    let bd = _mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1);
+                    let bmin = _mm256_setr_ps(m0, m0, m0, m0, m1, m1, m1, m1);
+                    for (g, a) in xs.chunks_exact(4).zip(acc.iter_mut()) {
+                        let ys = [&g[0].0[i], &g[1].0[i], &g[2].0[i], &g[3].0[i]];
+                        let ad = _mm256_setr_ps(
+                            ys[0].d, ys[1].d, ys[2].d, ys[3].d, ys[0].d, ys[1].d, ys[2].d, ys[3].d,
+                        );
+                        let (d, dmin) = (_mm256_mul_ps(bd, ad), _mm256_mul_ps(bmin, ad));
+                        let mut v = [_mm256_setzero_si256(); 8];
+                        for p in 0..4 {
+                            // Each load serves four products (weights) or two (activations).
+                            v = [_mm256_setzero_si256(); 8];
+                            for j in [2 * p, 2 * p + 1] {
+                                let y = ys.map(|a| load32(a.qs[32 * j..32 * j + 32].try_into().unwrap_or(&[0; 32])));
+                                for (r, (q, s)) in u.iter().map(|u| (u.0[j], u.1[j])).enumerate() {
+                                    for (c, &y) in y.iter().enumerate() {
+                                        v[4 * r + c] = $wsum(v[4 * r + c], _mm256_maddubs_epi16(q, y), s);
+                                    }
+                                }
+                            }
+                            a[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums8(&v)), d, a[0]);
+                        }
+                        for (k, v) in v.iter_mut().enumerate() {
+                            // SAFETY: `bsums` is 16 i16, 32 bytes.
+                            let bsums = unsafe { _mm256_loadu_si256(ys[k % 4].bsums.as_ptr().cast()) };
+                            *v = _mm256_madd_epi16(bsums, u[k / 4].2);
+                        }
+                        for c in pair_sums8(&v) {
+                            a[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), dmin, a[1]);
+                        }
+                    }
+                }
+            }
+
+            /// Two Q6_K weight rows against groups of four activation rows (all in a tiled
+            /// batch): lane `4r + c` of `acc[g][0]`.
+            #[target_feature(enable = $features)]
+            fn q6_k_tiles(
+                w: [&[BlockQ6K]; 2],
+                xs: &[(&[BlockQ8K], BatchRow)],
+                acc: &mut [[__m256; 2]],
+            ) {
+                acc.fill([_mm256_setzero_ps(); 2]);
+                for i in 0..w[0].len() {
+                    let (b0, b1) = (&w[0][i], &w[1][i]);
+                    let u = [
+                        (q6_k_levels(b0), q6_k_scales(b0)),
+                        (q6_k_levels(b1), q6_k_scales(b1)),
+                    ];
+                    let (d0, d1) = (f16(b0.d), f16(b1.d));
+                    let bd = _mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1);
+                    for (g, a) in xs.chunks_exact(4).zip(acc.iter_mut()) {
+                        let ys = [&g[0].0[i], &g[1].0[i], &g[2].0[i], &g[3].0[i]];
+                        let ad = _mm256_setr_ps(
+                            ys[0].d, ys[1].d, ys[2].d, ys[3].d, ys[0].d, ys[1].d, ys[2].d, ys[3].d,
+                        );
+                        // `q6_k_lanes_of` for the eight, a run of 32 values at a time: each
+                        // load serves four products (weights) or two (activations).
+                        let mut v = [_mm256_setzero_si256(); 8];
+                        for j in 0..8 {
+                            let y = ys.map(|a| load32(a.qs[32 * j..32 * j + 32].try_into().unwrap_or(&[0; 32])));
+                            for (r, (q, s)) in u.iter().map(|u| (u.0[j], u.1.0[j])).enumerate() {
+                                for (c, &y) in y.iter().enumerate() {
+                                    v[4 * r + c] = $wsum(v[4 * r + c], _mm256_maddubs_epi16(q, y), s);
+                                }
+                            }
+                        }
+                        for (k, v) in v.iter_mut().enumerate() {
+                            // SAFETY: `bsums` is 16 i16, 32 bytes.
+                            let bsums = unsafe { _mm256_loadu_si256(ys[k % 4].bsums.as_ptr().cast()) };
+                            let offsets = _mm256_madd_epi16(bsums, u[k / 4].1.1);
+                            *v = _mm256_sub_epi32(*v, _mm256_slli_epi32(offsets, 5));
+                        }
+                        let result = _mm256_mul_ps(_mm256_cvtepi32_ps(sums8(&v)), bd);
+                        a[0] = _mm256_fmadd_ps(result, ad, a[0]);
+                    }
+                }
             }
 
             /// `out[i] = w_i · x` for the `out.len()` weight rows in `bytes`, when this level
@@ -973,14 +1123,16 @@ simd_level!(
     "avx2,fma,f16c",
     lanes_avx2,
     moved_lanes_avx2,
-    q5_offsets_avx2
+    q5_offsets_avx2,
+    wsum_avx2
 );
 simd_level!(
     avx512,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     lanes_vnni,
     moved_lanes_vnni,
-    q5_offsets_avx512
+    q5_offsets_avx512,
+    wsum_vnni
 );
 
 /// Whether the CPU runs [`avx2`].
