@@ -1205,6 +1205,9 @@ mod vnni_tile {
     /// Blocks per pass of [`tile`]: the scale products of a pass live on the stack.
     const PASS: usize = 32;
 
+    /// The widest tile, in weight rows and in activation rows.
+    const T: usize = 4;
+
     /// `R` weight rows times `C` activation rows. Per block and lane this is the reference's
     /// arithmetic: the exact integer dot of four quants, times the product of the two scales
     /// (rounded once), added with one fused multiply-add; the eight lanes are summed at the end.
@@ -1215,6 +1218,7 @@ mod vnni_tile {
     fn tile<const R: usize, const C: usize>(
         w: [(&[__m256i], &[f32]); R],
         cols: [Col<'_>; C],
+        scales: &mut [[[f32; PASS]; T]; T],
     ) -> [[f32; C]; R] {
         let n = w[0].0.len();
         assert!(w.iter().all(|(q, d)| q.len() == n && d.len() == n));
@@ -1223,7 +1227,6 @@ mod vnni_tile {
                 .all(|(y, d, m)| y.len() == n && d.len() == n && m.len() == n)
         );
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut scales = [[[0f32; PASS]; C]; R];
         for first in (0..n).step_by(PASS) {
             let len = PASS.min(n - first);
             for (r, (_, dw)) in w.iter().enumerate() {
@@ -1263,8 +1266,8 @@ mod vnni_tile {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     fn block(w: &Unpacked, cols: &[Col<'_>], out: &mut [f32]) {
-        const T: usize = 4;
         let m = cols.len();
+        let mut scales = [[[0f32; PASS]; T]; T];
         let rows = w.q.len() / w.blocks;
         for c0 in (0..m).step_by(T) {
             let g = &cols[c0..m.min(c0 + T)];
@@ -1274,6 +1277,7 @@ mod vnni_tile {
                     let res = tile::<T, T>(
                         core::array::from_fn(|k| w.row(r0 + k)),
                         core::array::from_fn(|c| g[c]),
+                        &mut scales,
                     );
                     for (k, line) in res.iter().enumerate() {
                         out[(r0 + k) * m + c0..][..T].copy_from_slice(line);
@@ -1281,7 +1285,7 @@ mod vnni_tile {
                     r0 += T;
                 } else {
                     for (c, &col) in g.iter().enumerate() {
-                        out[r0 * m + c0 + c] = tile([w.row(r0)], [col])[0][0];
+                        out[r0 * m + c0 + c] = tile([w.row(r0)], [col], &mut scales)[0][0];
                     }
                     r0 += 1;
                 }
@@ -1289,18 +1293,23 @@ mod vnni_tile {
         }
     }
 
-    /// Every block of `w` in the tile's form.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    fn unpack<B>(w: &[B], blocks: usize, unsigned: impl Fn(&B) -> ([u8; 2], __m256i)) -> Unpacked {
-        let (d, q) = w
-            .iter()
-            .map(|b| {
-                let (d, q) = unsigned(b);
-                (f16_to_f32(d), q)
-            })
-            .unzip();
-        Unpacked { q, d, blocks }
+    /// Every block of `w` in the tile's form: `unpack!(blocks, per_row, |b| unsigned quants)`.
+    /// A macro rather than a function taking a closure, so that the unpacking is compiled
+    /// inline with the caller's target features.
+    macro_rules! unpack {
+        ($w:expr, $blocks:expr, |$b:ident| $unsigned:expr) => {{
+            let mut q = Vec::with_capacity($w.len());
+            let mut d = Vec::with_capacity($w.len());
+            for $b in $w {
+                q.push($unsigned);
+                d.push(f16_to_f32($b.d));
+            }
+            Unpacked {
+                q,
+                d,
+                blocks: $blocks,
+            }
+        }};
     }
 
     /// The VNNI batched product for Q4_0, Q5_0 and Q8_0 weights; `None` for other types.
@@ -1317,23 +1326,21 @@ mod vnni_tile {
             GgmlType::Q8_0 => {
                 let w: &[BlockQ8_0] = weight_blocks(ty, bytes, blocks, QK)?;
                 let flip = _mm256_set1_epi8(0x80u8 as i8);
-                unpack(w, per_row, |b| (b.d, _mm256_xor_si256(load32(&b.qs), flip)))
+                unpack!(w, per_row, |b| _mm256_xor_si256(load32(&b.qs), flip))
             }
             GgmlType::Q5_0 => {
                 let w: &[BlockQ5_0] = weight_blocks(ty, bytes, blocks, QK)?;
                 let (lo, hi) = (_mm256_set1_epi8(0x70), _mm256_set1_epi8(0x80u8 as i8));
                 // (nibble | bit << 4) - 16 + 128: 0x70 + nibble, or 0x80 + nibble.
-                unpack(w, per_row, |b| {
+                unpack!(w, per_row, |b| {
                     let base = _mm256_mask_blend_epi8(u32::from_le_bytes(b.qh), lo, hi);
-                    (b.d, _mm256_or_si256(nibbles(&b.qs), base))
+                    _mm256_or_si256(nibbles(&b.qs), base)
                 })
             }
             GgmlType::Q4_0 => {
                 let w: &[BlockQ4_0] = weight_blocks(ty, bytes, blocks, QK)?;
                 let offset = _mm256_set1_epi8(120);
-                unpack(w, per_row, |b| {
-                    (b.d, _mm256_add_epi8(nibbles(&b.qs), offset))
-                })
+                unpack!(w, per_row, |b| _mm256_add_epi8(nibbles(&b.qs), offset))
             }
             _ => return Ok(None),
         };
