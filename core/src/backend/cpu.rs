@@ -705,6 +705,7 @@ impl Backend for Cpu {
                 let mut qh = vec![0f32; head_dim];
                 let mut k = vec![0f32; head_dim];
                 let mut v = vec![0f32; head_dim];
+                let mut w = Vec::new();
                 for (n, o) in chunk.chunks_exact_mut(head_dim).enumerate() {
                     let item = first + n;
                     let (h, i) = (item / rows, item % rows);
@@ -717,7 +718,7 @@ impl Backend for Cpu {
                         len: pos0 + i + 1,
                         scale,
                     };
-                    isa.attend(&mut qh, &head, &mut k, &mut v, o);
+                    isa.attend(&mut qh, &head, &mut k, &mut v, &mut w, o);
                 }
                 Ok(())
             })?;

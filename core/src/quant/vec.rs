@@ -144,18 +144,107 @@ impl AttnHead<'_> {
     }
 }
 
-/// `e^x` correctly rounded to f32 (through f64), as glibc's `expf` gives it in all but the rarest
-/// cases; the `libm` crate's f32 version is up to 1 ulp away, which changes attention weights.
+/// `2^(j / 32)` for `j` in `0..32`, to f64 precision: the Taylor series of `e^(j ln 2 / 32)`,
+/// summed smallest term first, evaluated at compile time.
+pub(crate) const EXP2_TABLE: [f64; 32] = exp2_table();
+
+const fn exp2_table() -> [f64; 32] {
+    let mut table = [0f64; 32];
+    let mut j = 0;
+    while j < 32 {
+        let y = j as f64 * core::f64::consts::LN_2 / 32.0;
+        let mut terms = [0f64; 24];
+        terms[0] = 1.0;
+        let mut n = 1;
+        while n < 24 {
+            terms[n] = terms[n - 1] * y / n as f64;
+            n += 1;
+        }
+        let mut sum = 0.0;
+        while n > 0 {
+            n -= 1;
+            sum += terms[n];
+        }
+        table[j] = sum;
+        j += 1;
+    }
+    table
+}
+
+/// Constants of [`expf`], shared with the SIMD versions.
+pub(crate) mod exp {
+    /// `32 / ln 2`.
+    pub(crate) const INV_LN2_32: f64 = 32.0 / core::f64::consts::LN_2;
+    /// Adding and subtracting it rounds an f64 below 2^51 to an integer (ties to even), and
+    /// the sum holds that integer in its low bits.
+    pub(crate) const SHIFT: f64 = 6_755_399_441_055_744.0;
+    /// `ln 2 / 32` in two parts: `HI` has 20 low zero bits, so `k * HI` is exact for every
+    /// `k` [`super::expf`] meets; `LO` is the rest, with `ln 2 - f64(ln 2)`.
+    pub(crate) const HI: f64 =
+        f64::from_bits((core::f64::consts::LN_2 / 32.0).to_bits() & !0xF_FFFF);
+    pub(crate) const LO: f64 =
+        (core::f64::consts::LN_2 / 32.0 - HI) + 2.319_046_813_846_299_6e-17 / 32.0;
+    /// `1 / n!` for the polynomial's terms of degree 2 to 6.
+    pub(crate) const C: [f64; 5] = [1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0];
+    /// Below this, `e^x` rounds to 0 in f32; above the other, to infinity.
+    pub(crate) const MIN: f32 = -104.0;
+    pub(crate) const MAX: f32 = 89.0;
+}
+
+/// `e^x` rounded to f32, for attention's softmax.
+///
+/// Computed in f64 with plain multiplies and adds (no fused ones, so every platform and every
+/// SIMD level gets the same bits): `x = (32 m + j + r') ln 2 / 32`, `e^x = 2^m 2^(j/32) e^r`
+/// with `|r| <= ln 2 / 64` and `e^r` from its Taylor polynomial of degree 6. The f64 result is
+/// within a few units of its last place of `e^x`, so the final rounding to f32 is the correct
+/// one except when `e^x` lies within about 1e-15 (relative) of a rounding boundary, as with
+/// glibc's `expf`, which llama.cpp calls.
 #[inline]
 pub fn expf(x: f32) -> f32 {
-    libm::exp(f64::from(x)) as f32
+    if x.is_nan() {
+        return x;
+    }
+    if x <= exp::MIN {
+        return 0.0;
+    }
+    if x > exp::MAX {
+        return f32::INFINITY;
+    }
+    let x = f64::from(x);
+    let kd = (x * exp::INV_LN2_32 + exp::SHIFT) - exp::SHIFT;
+    let k = kd as i32;
+    let r = (x - kd * exp::HI) - kd * exp::LO;
+    let [c2, c3, c4, c5, c6] = exp::C;
+    let p = 1.0 + r * (1.0 + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * c6)))));
+    // 2^m: |k| <= 4801 here, so the biased exponent stays in 872..=1151.
+    let scale = f64::from_bits((((k >> 5) + 1023) as u64) << 52);
+    ((EXP2_TABLE[(k & 31) as usize] * p) * scale) as f32
+}
+
+/// [`expf`] of every value, in place.
+pub fn expf_slice(x: &mut [f32]) {
+    for v in x {
+        *v = expf(*v);
+    }
 }
 
 /// One query row and head of `ggml_compute_forward_flash_attn_ext_f16_one_chunk`: online softmax
 /// over the cache, into `out` (the head's width, like `q`). With an f16 cache the query is
 /// rounded to f16 and the value sum is held in f16, as llama.cpp does. `k` and `v` are scratch of
-/// the head's width. A head that does not [`AttnHead::fits`] leaves `out` zeroed.
-pub fn attend(q: &mut [f32], head: &AttnHead<'_>, k: &mut [f32], v: &mut [f32], out: &mut [f32]) {
+/// the head's width, `w` scratch of any size. A head that does not [`AttnHead::fits`] leaves
+/// `out` zeroed.
+///
+/// The online softmax is computed in three passes that give its exact arithmetic: every score,
+/// then every exponential (where the running maximum rises, `e^(old - new)` rescales what came
+/// before; elsewhere `e^(s - max)` weighs the position), then the value sum.
+pub fn attend(
+    q: &mut [f32],
+    head: &AttnHead<'_>,
+    k: &mut [f32],
+    v: &mut [f32],
+    w: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     out.fill(0.0);
     let dim = out.len();
     if q.len() != dim || k.len() != dim || v.len() != dim || !head.fits(dim) {
@@ -172,17 +261,22 @@ pub fn attend(q: &mut [f32], head: &AttnHead<'_>, k: &mut [f32], v: &mut [f32], 
             KvRows::F32(c) => dst.copy_from_slice(&c[at..at + dim]),
         }
     };
-    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
-    for t in 0..head.len {
+    let (scores, weights) = softmax_scratch(w, head.len);
+    for (t, s) in scores.iter_mut().enumerate() {
         row(head.keys, t, k);
-        let s = dot_ggml(q, k) * head.scale;
+        *s = dot_ggml(q, k) * head.scale;
+    }
+    exponents(scores, weights);
+    expf_slice(weights);
+    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
+    for (t, (&s, &e)) in scores.iter().zip(weights.iter()).enumerate() {
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > max {
-            ms = expf(max - s);
+            ms = e;
             max = s;
             scale(out, ms, f16);
         } else {
-            vs = expf(s - max);
+            vs = e;
         }
         row(head.values, t, v);
         mad(out, v, vs, f16);
@@ -191,6 +285,27 @@ pub fn attend(q: &mut [f32], head: &AttnHead<'_>, k: &mut [f32], v: &mut [f32], 
     let inv = 1.0 / sum;
     for acc in out.iter_mut() {
         *acc *= inv;
+    }
+}
+
+/// `w` as two runs of `len` values: the scores and their weights.
+pub(crate) fn softmax_scratch(w: &mut Vec<f32>, len: usize) -> (&mut [f32], &mut [f32]) {
+    w.clear();
+    w.resize(2 * len, 0.0);
+    w.split_at_mut(len)
+}
+
+/// The arguments of the online softmax's exponentials, from the scores in order: where the
+/// running maximum rises, the old maximum minus the new; elsewhere, the score minus the maximum.
+pub(crate) fn exponents(scores: &[f32], out: &mut [f32]) {
+    let mut max = f32::NEG_INFINITY;
+    for (&s, o) in scores.iter().zip(out) {
+        if s > max {
+            *o = max - s;
+            max = s;
+        } else {
+            *o = s - max;
+        }
     }
 }
 
@@ -225,5 +340,54 @@ pub fn ggml_v_expf(x: f32) -> f32 {
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     for (g, &u) in g.iter_mut().zip(u) {
         *g = *g / (1.0 + ggml_v_expf(-*g)) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every 97th f32 from -104 to 89 (about 600 thousand values, all binades, both signs) and
+    /// the edges: [`expf`] equals `e^x` correctly rounded (through the `libm` crate's f64 `exp`,
+    /// within an f64 unit of its last place), and the special values behave.
+    #[test]
+    fn expf_is_correctly_rounded_across_its_range() {
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        let mut bits = 0u32;
+        while bits < u32::MAX - 96 {
+            let x = f32::from_bits(bits);
+            if x.is_finite() && x > exp::MIN && x <= exp::MAX {
+                let want = libm::exp(f64::from(x)) as f32;
+                if expf(x).to_bits() != want.to_bits() {
+                    wrong.push(x);
+                }
+                checked += 1;
+            }
+            bits += 97;
+        }
+        assert!(checked > 500_000, "{checked}");
+        assert!(
+            wrong.is_empty(),
+            "{} of {checked} differ: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(8)]
+        );
+        for (x, want) in [
+            (0.0f32, 1.0f32),
+            (-0.0, 1.0),
+            (f32::NEG_INFINITY, 0.0),
+            (-104.0, 0.0),
+            (-1000.0, 0.0),
+            (89.0, libm::exp(89.0) as f32),
+            (89.5, f32::INFINITY),
+            (f32::INFINITY, f32::INFINITY),
+            (-103.9, libm::exp(-103.9f32 as f64) as f32),
+            (-87.5, libm::exp(-87.5f32 as f64) as f32),
+        ] {
+            assert_eq!(expf(x).to_bits(), want.to_bits(), "e^{x}");
+        }
+        assert!(expf(f32::NAN).is_nan());
+        assert!(expf(-103.9) > 0.0, "a subnormal, not zero");
     }
 }

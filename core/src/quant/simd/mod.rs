@@ -370,13 +370,19 @@ impl Isa {
         head: &vec::AttnHead<'_>,
         k: &mut [f32],
         v: &mut [f32],
+        w: &mut Vec<f32>,
         out: &mut [f32],
     ) {
         level!(
             self,
-            attend(q, head, k, v, out),
-            vec::attend(q, head, k, v, out)
+            attend(q, head, k, v, w, out),
+            vec::attend(q, head, k, v, w, out)
         );
+    }
+
+    /// [`vec::expf`] of every value, in place.
+    pub fn expf_slice(self, x: &mut [f32]) {
+        level!(self, expf_slice(x), vec::expf_slice(x));
     }
 
     /// [`super::dot::dot_f32`] with this instruction set.
@@ -596,6 +602,49 @@ mod tests {
 
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn softmax_exponential_matches_the_reference_on_every_level() {
+        // Softmax arguments (mostly negative), every binade's edge cases, and the specials; an
+        // odd length so the tails run too.
+        let mut x: Vec<f32> = values(41, 2001).iter().map(|v| -v.abs() * 30.0).collect();
+        x.extend(values(42, 500).iter().map(|v| v * 100.0));
+        x.extend([
+            -103.97,
+            -103.9,
+            -104.0,
+            -104.1,
+            -87.3,
+            88.7,
+            89.0,
+            89.1,
+            1e-30,
+            -1e-30,
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        let mut want = x.clone();
+        vec::expf_slice(&mut want);
+        for isa in Isa::available() {
+            let mut got = x.clone();
+            isa.expf_slice(&mut got);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "expf on {} at {i} (x = {}): {a} vs {b}",
+                    isa.name(),
+                    x[i]
+                );
+            }
+        }
+    }
+
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn attention_matches_the_reference_on_every_level() {
         let (dim, kv_heads, len) = (64usize, 2usize, 40usize);
         let stride = dim * kv_heads;
@@ -619,13 +668,14 @@ mod tests {
                     scale: 0.125,
                 };
                 let mut scratch = [alloc::vec![0f32; dim], alloc::vec![0f32; dim]];
+                let mut w = Vec::new();
                 let (mut want, mut qq) = (alloc::vec![0f32; dim], q.clone());
                 let [k, v] = &mut scratch;
-                vec::attend(&mut qq, &head, k, v, &mut want);
+                vec::attend(&mut qq, &head, k, v, &mut w, &mut want);
                 assert!(want.iter().any(|&x| x != 0.0));
                 for isa in Isa::available() {
                     let (mut got, mut qq) = (alloc::vec![0f32; dim], q.clone());
-                    isa.attend(&mut qq, &head, k, v, &mut got);
+                    isa.attend(&mut qq, &head, k, v, &mut w, &mut got);
                     assert_eq!(got, want, "attend on {} over {n} positions", isa.name());
                 }
             }
@@ -642,7 +692,14 @@ mod tests {
         for isa in Isa::available() {
             let mut out = alloc::vec![1f32; dim];
             let (mut k, mut v) = (alloc::vec![0f32; dim], alloc::vec![0f32; dim]);
-            isa.attend(&mut q.clone(), &head, &mut k, &mut v, &mut out);
+            isa.attend(
+                &mut q.clone(),
+                &head,
+                &mut k,
+                &mut v,
+                &mut Vec::new(),
+                &mut out,
+            );
             assert!(out.iter().all(|&x| x == 0.0));
         }
     }

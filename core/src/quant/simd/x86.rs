@@ -1045,13 +1045,14 @@ macro_rules! simd_level {
                 vec::silu_mul(gc.into_remainder(), uc.remainder());
             }
 
-            /// `vec::attend`, the whole loop in this level's instructions.
+            /// `vec::attend`.
             #[target_feature(enable = $features)]
             pub fn attend(
                 q: &mut [f32],
                 head: &vec::AttnHead<'_>,
                 k: &mut [f32],
                 v: &mut [f32],
+                w: &mut Vec<f32>,
                 out: &mut [f32],
             ) {
                 out.fill(0.0);
@@ -1063,23 +1064,29 @@ macro_rules! simd_level {
                 if f16 {
                     round_f16_slice(q);
                 }
-                let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
-                for t in 0..head.len {
+                let (scores, weights) = vec::softmax_scratch(w, head.len);
+                for (t, s) in scores.iter_mut().enumerate() {
                     let at = t * head.stride + head.offset;
-                    let s = match head.keys {
+                    *s = match head.keys {
                         vec::KvRows::F16(c) => {
                             decode_f16(&c[at..at + dim], k);
                             dot_ggml(q, k)
                         }
                         vec::KvRows::F32(c) => dot_ggml(q, &c[at..at + dim]),
                     } * head.scale;
+                }
+                vec::exponents(scores, weights);
+                expf_slice(weights);
+                let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
+                for (t, (&s, &e)) in scores.iter().zip(weights.iter()).enumerate() {
+                    let at = t * head.stride + head.offset;
                     let (mut ms, mut vs) = (1.0f32, 1.0f32);
                     if s > max {
-                        ms = vec::expf(max - s);
+                        ms = e;
                         max = s;
                         scale(out, ms, f16);
                     } else {
-                        vs = vec::expf(s - max);
+                        vs = e;
                     }
                     match head.values {
                         vec::KvRows::F16(c) => {
@@ -1094,6 +1101,59 @@ macro_rules! simd_level {
                 for acc in out.iter_mut() {
                     *acc *= inv;
                 }
+            }
+
+            /// `vec::expf_slice`, four values at a time in f64 with the reference's
+            /// operations in its order (no fused multiply-adds), so every bit agrees.
+            #[target_feature(enable = $features)]
+            pub fn expf_slice(x: &mut [f32]) {
+                use vec::exp;
+                let pd = _mm256_set1_pd;
+                let (ln2_hi, ln2_lo) = (pd(exp::HI), pd(exp::LO));
+                let (shift, inv) = (pd(exp::SHIFT), pd(exp::INV_LN2_32));
+                let c = exp::C.map(|c| _mm256_set1_pd(c));
+                let one = pd(1.0);
+                let mut chunks = x.chunks_exact_mut(4);
+                for chunk in &mut chunks {
+                    // SAFETY: four f32.
+                    let xs = unsafe { _mm_loadu_ps(chunk.as_ptr()) };
+                    let clamped = _mm_min_ps(_mm_max_ps(xs, _mm_set1_ps(exp::MIN)), _mm_set1_ps(exp::MAX));
+                    let xd = _mm256_cvtps_pd(clamped);
+                    let shifted = _mm256_add_pd(_mm256_mul_pd(xd, inv), shift);
+                    let kd = _mm256_sub_pd(shifted, shift);
+                    let r = _mm256_sub_pd(
+                        _mm256_sub_pd(xd, _mm256_mul_pd(kd, ln2_hi)),
+                        _mm256_mul_pd(kd, ln2_lo),
+                    );
+                    let mut p = _mm256_add_pd(c[3], _mm256_mul_pd(r, c[4]));
+                    p = _mm256_add_pd(c[2], _mm256_mul_pd(r, p));
+                    p = _mm256_add_pd(c[1], _mm256_mul_pd(r, p));
+                    p = _mm256_add_pd(c[0], _mm256_mul_pd(r, p));
+                    p = _mm256_add_pd(one, _mm256_mul_pd(r, p));
+                    p = _mm256_add_pd(one, _mm256_mul_pd(r, p));
+                    // k sits in the low half of each lane of `shifted`.
+                    let k = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+                        _mm256_castpd_si256(shifted),
+                        _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6),
+                    ));
+                    // SAFETY: every index is in 0..32, inside the table.
+                    let t = unsafe {
+                        _mm256_i32gather_pd::<8>(
+                            vec::EXP2_TABLE.as_ptr(),
+                            _mm_and_si128(k, _mm_set1_epi32(31)),
+                        )
+                    };
+                    let m = _mm_add_epi32(_mm_srai_epi32::<5>(k), _mm_set1_epi32(1023));
+                    let scale = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_cvtepi32_epi64(m)));
+                    let y = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(t, p), scale));
+                    // The reference's special cases, from the input.
+                    let y = _mm_blendv_ps(y, _mm_setzero_ps(), _mm_cmp_ps::<_CMP_LE_OQ>(xs, _mm_set1_ps(exp::MIN)));
+                    let y = _mm_blendv_ps(y, _mm_set1_ps(f32::INFINITY), _mm_cmp_ps::<_CMP_GT_OQ>(xs, _mm_set1_ps(exp::MAX)));
+                    let y = _mm_blendv_ps(y, xs, _mm_cmp_ps::<_CMP_UNORD_Q>(xs, xs));
+                    // SAFETY: four f32.
+                    unsafe { _mm_storeu_ps(chunk.as_mut_ptr(), y) };
+                }
+                vec::expf_slice(chunks.into_remainder());
             }
 
             /// `dot_f32`: eight running sums of unfused products, the same tail.
