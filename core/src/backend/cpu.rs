@@ -369,6 +369,7 @@ impl Cpu {
             return self.pool.each(parts, |_, (share, acts)| {
                 let n = (rows - share.first).min(per);
                 acts.encode_part(
+                    isa,
                     kind,
                     &x[share.first * k..(share.first + n) * k],
                     share.first..share.first + n,
@@ -411,7 +412,9 @@ impl Cpu {
         if self.acts.is_empty() {
             self.acts.push(Activations::default());
         }
-        self.acts[0].encode(kind, x, rows, k).map_err(bad)?;
+        self.acts[0]
+            .encode_part(self.isa, kind, x, 0..rows, rows, k)
+            .map_err(bad)?;
         let acts = &self.acts[0];
         let transposed = &mut self.transposed;
         transposed.resize(total * rows, 0.0);

@@ -22,6 +22,7 @@ use alloc::vec::Vec;
 use bytemuck::{Pod, Zeroable, cast_slice};
 
 use super::blocks::*;
+use super::simd::Isa;
 use super::{QuantError, f16_to_f32};
 use crate::dtype::GgmlType;
 
@@ -86,23 +87,6 @@ pub struct Q8Sums<'a> {
     pub minus128: &'a [[i32; 8]],
 }
 
-impl Q8Sums<'_> {
-    /// Computes them for `blocks` into the two buffers, replacing their contents.
-    pub fn fill(blocks: &[BlockQ8_0], d: &mut Vec<f32>, minus128: &mut Vec<[i32; 8]>) {
-        d.clear();
-        d.extend(blocks.iter().map(|b| f16_to_f32(b.d)));
-        minus128.clear();
-        minus128.extend(blocks.iter().map(|b| {
-            core::array::from_fn(|l| {
-                -128 * b.qs[4 * l..4 * l + 4]
-                    .iter()
-                    .map(|&q| i32::from(q))
-                    .sum::<i32>()
-            })
-        }));
-    }
-}
-
 /// Row `row` of a batch of `rows` activation rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchRow {
@@ -153,14 +137,16 @@ impl Activations {
         rows: usize,
         cols: usize,
     ) -> Result<(), QuantError> {
-        self.encode_part(kind, x, 0..rows, rows, cols)
+        self.encode_part(Isa::detect(), kind, x, 0..rows, rows, cols)
     }
 
     /// Encodes rows `part` of a batch of `batch` rows (`x` holds just those rows), so that one
     /// thread can encode and use its own share of a batch: [`Activations::row`] counts from
     /// the part's first row, and each row keeps its place in the whole batch.
+    /// The quantization runs on `isa` (every level gives the same bytes).
     pub fn encode_part(
         &mut self,
+        isa: Isa,
         kind: ActKind,
         x: &[f32],
         part: core::ops::Range<usize>,
@@ -192,24 +178,16 @@ impl Activations {
             }
             ActKind::Q8_0 => {
                 let per_row = whole_blocks(GgmlType::Q8_0, cols, QK)?;
-                self.q8_0.clear();
-                self.q8_0.resize(rows * per_row, BlockQ8_0::zeroed());
-                for (src, dst) in x.chunks_exact(QK).zip(self.q8_0.iter_mut()) {
-                    if let Ok(src) = <&[f32; QK]>::try_from(src) {
-                        quantize_q8_0_act(src, dst);
-                    }
-                }
-                Q8Sums::fill(&self.q8_0, &mut self.q8_d, &mut self.q8_sums);
+                let blocks = rows * per_row;
+                self.q8_0.resize(blocks, BlockQ8_0::zeroed());
+                self.q8_d.resize(blocks, 0.0);
+                self.q8_sums.resize(blocks, [0; 8]);
+                isa.quantize_q8_0(x, &mut self.q8_0, &mut self.q8_d, &mut self.q8_sums);
             }
             ActKind::Q8K => {
                 let per_row = whole_blocks(GgmlType::Q4_K, cols, QK_K)?;
-                self.q8k.clear();
                 self.q8k.resize(rows * per_row, BlockQ8K::zeroed());
-                for (src, dst) in x.chunks_exact(QK_K).zip(self.q8k.iter_mut()) {
-                    if let Ok(src) = <&[f32; QK_K]>::try_from(src) {
-                        quantize_q8_k(src, dst);
-                    }
-                }
+                isa.quantize_q8_k(x, &mut self.q8k);
             }
         }
         Ok(())
@@ -267,6 +245,37 @@ pub fn quantize_q8_0_act(x: &[f32; QK], y: &mut BlockQ8_0) {
     y.d = super::f32_to_f16(d);
     for (q, &v) in y.qs.iter_mut().zip(x) {
         *q = super::quantize::nearest_int(v * id) as i8;
+    }
+}
+
+/// [`quantize_q8_0_act`] for every block of `x` into `y`, with each block's [`Q8Sums`] parts:
+/// the scale in f32 and the eight lane corrections.
+pub fn quantize_q8_0_rows(
+    x: &[f32],
+    y: &mut [BlockQ8_0],
+    d: &mut [f32],
+    minus128: &mut [[i32; 8]],
+) {
+    for (((src, dst), d), m) in x.chunks_exact(QK).zip(y).zip(d).zip(minus128) {
+        if let Ok(src) = <&[f32; QK]>::try_from(src) {
+            quantize_q8_0_act(src, dst);
+        }
+        *d = f16_to_f32(dst.d);
+        *m = core::array::from_fn(|l| {
+            -128 * dst.qs[4 * l..4 * l + 4]
+                .iter()
+                .map(|&q| i32::from(q))
+                .sum::<i32>()
+        });
+    }
+}
+
+/// [`quantize_q8_k`] for every block of `x` into `y`.
+pub fn quantize_q8_k_rows(x: &[f32], y: &mut [BlockQ8K]) {
+    for (src, dst) in x.chunks_exact(QK_K).zip(y) {
+        if let Ok(src) = <&[f32; QK_K]>::try_from(src) {
+            quantize_q8_k(src, dst);
+        }
     }
 }
 

@@ -380,6 +380,30 @@ impl Isa {
         );
     }
 
+    /// [`super::dot::quantize_q8_0_rows`] with this instruction set.
+    pub fn quantize_q8_0(
+        self,
+        x: &[f32],
+        y: &mut [crate::quant::blocks::BlockQ8_0],
+        d: &mut [f32],
+        minus128: &mut [[i32; 8]],
+    ) {
+        level!(
+            self,
+            quantize_q8_0(x, y, d, minus128),
+            super::dot::quantize_q8_0_rows(x, y, d, minus128)
+        );
+    }
+
+    /// [`super::dot::quantize_q8_k_rows`] with this instruction set.
+    pub fn quantize_q8_k(self, x: &[f32], y: &mut [super::dot::BlockQ8K]) {
+        level!(
+            self,
+            quantize_q8_k(x, y),
+            super::dot::quantize_q8_k_rows(x, y)
+        );
+    }
+
     /// [`vec::expf`] of every value, in place.
     pub fn expf_slice(self, x: &mut [f32]) {
         level!(self, expf_slice(x), vec::expf_slice(x));
@@ -595,6 +619,68 @@ mod tests {
                     "silu on {} at {i} (g = {}): {a} vs {b}",
                     isa.name(),
                     g[i]
+                );
+            }
+        }
+    }
+
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn activation_quantization_matches_the_reference_on_every_level() {
+        use crate::quant::blocks::BlockQ8_0;
+        use crate::quant::dot::{BlockQ8K, quantize_q8_0_rows, quantize_q8_k_rows};
+        use bytemuck::Zeroable;
+        // Ordinary rows, then blocks of zeros, ties (x.5 after scaling), a repeated largest
+        // magnitude of both signs, tiny values, infinities and NaNs.
+        let mut x: Vec<f32> = values(51, 256 * 6).iter().map(|v| v * 3.0).collect();
+        let mut odd = alloc::vec![0f32; 256];
+        for (i, v) in odd.iter_mut().enumerate() {
+            *v = (i as f32 - 128.0) * 0.5;
+        }
+        x.extend(&odd);
+        x.extend(core::iter::repeat_n(0.0, 256));
+        let mut edges = values(52, 256);
+        edges[3] = -9.0;
+        edges[200] = 9.0;
+        edges[10] = f32::NAN;
+        x.extend(&edges);
+        let mut tiny = values(53, 256);
+        tiny.iter_mut().for_each(|v| *v *= 1e-39);
+        x.extend(&tiny);
+        let mut inf = values(54, 256);
+        inf[77] = f32::INFINITY;
+        x.extend(&inf);
+        let blocks = x.len() / 32;
+        let mut want = (
+            alloc::vec![BlockQ8_0::zeroed(); blocks],
+            alloc::vec![0f32; blocks],
+            alloc::vec![[0i32; 8]; blocks],
+            alloc::vec![BlockQ8K::zeroed(); x.len() / 256],
+        );
+        quantize_q8_0_rows(&x, &mut want.0, &mut want.1, &mut want.2);
+        quantize_q8_k_rows(&x, &mut want.3);
+        for isa in Isa::available() {
+            let mut got = (
+                alloc::vec![BlockQ8_0::zeroed(); blocks],
+                alloc::vec![0f32; blocks],
+                alloc::vec![[0i32; 8]; blocks],
+                alloc::vec![BlockQ8K::zeroed(); x.len() / 256],
+            );
+            isa.quantize_q8_0(&x, &mut got.0, &mut got.1, &mut got.2);
+            isa.quantize_q8_k(&x, &mut got.3);
+            let bytes = |v: &[BlockQ8_0]| bytemuck::cast_slice::<_, u8>(v).to_vec();
+            assert_eq!(bytes(&got.0), bytes(&want.0), "Q8_0 on {}", isa.name());
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.1), bits(&want.1), "Q8_0 scales on {}", isa.name());
+            assert_eq!(got.2, want.2, "Q8_0 sums on {}", isa.name());
+            for (b, (g, w)) in got.3.iter().zip(&want.3).enumerate() {
+                assert_eq!(g.qs, w.qs, "Q8_K block {b} on {}", isa.name());
+                assert_eq!(g.bsums, w.bsums, "Q8_K block {b} on {}", isa.name());
+                assert_eq!(
+                    g.d.to_bits(),
+                    w.d.to_bits(),
+                    "Q8_K block {b} on {}",
+                    isa.name()
                 );
             }
         }

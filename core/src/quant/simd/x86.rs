@@ -1103,6 +1103,118 @@ macro_rules! simd_level {
                 }
             }
 
+            /// The largest of eight f32 lanes, none NaN.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn hmax(v: __m256) -> f32 {
+                let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
+            }
+
+            /// The largest `|v|` of a run of values, NaNs ignored (as `f32::max` does).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn abs_max(x: &[f32]) -> f32 {
+                let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+                let mut m = _mm256_setzero_ps();
+                for v in x.chunks_exact(8) {
+                    // SAFETY: eight f32.
+                    let v = unsafe { _mm256_loadu_ps(v.as_ptr()) };
+                    // A NaN in the first operand yields the second.
+                    m = _mm256_max_ps(_mm256_and_ps(v, abs), m);
+                }
+                hmax(m)
+            }
+
+            /// Eight f32 times `s` through `nearest_int`: rounded half to even, NaN to 0, and
+            /// magnitudes past its range saturated to 4194303.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn scaled_ints(x: &[f32], s: __m256) -> __m256i {
+                // SAFETY: eight f32 (callers pass whole chunks).
+                let v = _mm256_mul_ps(unsafe { _mm256_loadu_ps(x.as_ptr()) }, s);
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
+                let limit = _mm256_set1_ps(4_194_303.0);
+                let v = _mm256_max_ps(_mm256_min_ps(v, limit), _mm256_sub_ps(_mm256_setzero_ps(), limit));
+                _mm256_cvtps_epi32(_mm256_andnot_ps(nan, v))
+            }
+
+            /// Each i32 lane's low byte, sign-extended: Rust's `as i8`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn wrap8(v: __m256i) -> __m256i {
+                _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v))
+            }
+
+            /// 32 i32 in four vectors (each within -128..=127) to 32 i8 in order.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn pack32(i: [__m256i; 4]) -> __m256i {
+                let ab = _mm256_packs_epi32(i[0], i[1]);
+                let cd = _mm256_packs_epi32(i[2], i[3]);
+                _mm256_permutevar8x32_epi32(
+                    _mm256_packs_epi16(ab, cd),
+                    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+                )
+            }
+
+            /// `dot::quantize_q8_0_rows`.
+            #[target_feature(enable = $features)]
+            pub fn quantize_q8_0(
+                x: &[f32],
+                y: &mut [BlockQ8_0],
+                d: &mut [f32],
+                minus128: &mut [[i32; 8]],
+            ) {
+                for (((src, dst), d), m) in x.chunks_exact(QK).zip(y).zip(d).zip(minus128) {
+                    let amax = abs_max(src);
+                    let scale = amax / 127.0;
+                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                    dst.d = crate::quant::f32_to_f16(scale);
+                    *d = f16(dst.d);
+                    let s = _mm256_set1_ps(id);
+                    let q = pack32([0, 8, 16, 24].map(|o| wrap8(scaled_ints(&src[o..o + 8], s))));
+                    // SAFETY: 32 bytes each.
+                    unsafe { _mm256_storeu_si256(dst.qs.as_mut_ptr().cast(), q) };
+                    // -128 times each run of four, through vpmaddubsw with ones.
+                    let fours = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
+                        _mm256_set1_epi16(1),
+                    );
+                    let lanes = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(fours));
+                    // SAFETY: eight i32.
+                    unsafe { _mm256_storeu_si256(m.as_mut_ptr().cast(), lanes) };
+                }
+            }
+
+            /// `dot::quantize_q8_k_rows`.
+            #[target_feature(enable = $features)]
+            pub fn quantize_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
+                for (src, dst) in x.chunks_exact(QK_K).zip(y) {
+                    let amax = abs_max(src);
+                    if amax == 0.0 {
+                        *dst = bytemuck::Zeroable::zeroed();
+                        continue;
+                    }
+                    // The first value of the largest magnitude, with its sign.
+                    let max = src.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
+                    let iscale = -127.0 / max;
+                    let s = _mm256_set1_ps(iscale);
+                    let top = _mm256_set1_epi32(127);
+                    for (k, (qs, sums)) in dst.qs.chunks_exact_mut(32).zip(dst.bsums.chunks_exact_mut(2)).enumerate() {
+                        let src = &src[32 * k..32 * k + 32];
+                        let i = [0, 8, 16, 24]
+                            .map(|o| wrap8(_mm256_min_epi32(scaled_ints(&src[o..o + 8], s), top)));
+                        // SAFETY: 32 bytes.
+                        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), pack32(i)) };
+                        sums[0] = hsum_i32(_mm256_add_epi32(i[0], i[1])) as i16;
+                        sums[1] = hsum_i32(_mm256_add_epi32(i[2], i[3])) as i16;
+                    }
+                    dst.d = 1.0 / iscale;
+                }
+            }
+
             /// `vec::expf_slice`, four values at a time in f64 with the reference's
             /// operations in its order (no fused multiply-adds), so every bit agrees.
             #[target_feature(enable = $features)]
