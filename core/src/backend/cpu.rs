@@ -525,15 +525,19 @@ impl Backend for Cpu {
         let n = weight.len();
         let x = slice(x, rows * n, "rms_norm")?;
         let out = slice_mut(out, rows * n, "rms_norm")?;
-        for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
-            let mean = (sum / n as f64) as f32;
-            let scale = 1.0 / libm::sqrtf(mean + eps);
-            for ((y, &v), &w) in yr.iter_mut().zip(xr).zip(weight) {
-                *y = v * scale * w;
+        // A prompt's rows are worth splitting; one row is not.
+        self.pool.split(rows >= 16, out, n, |first, chunk| {
+            let x = &x[first * n..];
+            for (xr, yr) in x.chunks_exact(n).zip(chunk.chunks_exact_mut(n)) {
+                let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
+                let mean = (sum / n as f64) as f32;
+                let scale = 1.0 / libm::sqrtf(mean + eps);
+                for ((y, &v), &w) in yr.iter_mut().zip(xr).zip(weight) {
+                    *y = v * scale * w;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn matmul(
@@ -603,24 +607,26 @@ impl Backend for Cpu {
         let x = slice_mut(x, rows * width, "rope")?;
         let half = head_dim / 2;
         let theta_scale = libm::powf(theta, -2.0 / head_dim as f32);
-        let mut cos_sin = vec![(0f32, 0f32); half];
-        for (i, row) in x.chunks_exact_mut(width).enumerate() {
-            let mut angle = (pos0 + i) as f32;
-            for cs in cos_sin.iter_mut() {
-                *cs = (libm::cosf(angle), libm::sinf(angle));
-                angle *= theta_scale;
-            }
-            for head in row.chunks_exact_mut(head_dim) {
-                let (a, b) = head.split_at_mut(half);
-                for ((x0, x1), &(c, s)) in a.iter_mut().zip(b.iter_mut()).zip(&cos_sin) {
-                    let (v0, v1) = (*x0, *x1);
-                    // llama.cpp's C, built with FMA, contracts the first product of each.
-                    *x0 = libm::fmaf(v0, c, -(v1 * s));
-                    *x1 = libm::fmaf(v0, s, v1 * c);
+        self.pool.split(rows >= 16, x, width, |first, chunk| {
+            let mut cos_sin = vec![(0f32, 0f32); half];
+            for (i, row) in chunk.chunks_exact_mut(width).enumerate() {
+                let mut angle = (pos0 + first + i) as f32;
+                for cs in cos_sin.iter_mut() {
+                    *cs = (libm::cosf(angle), libm::sinf(angle));
+                    angle *= theta_scale;
+                }
+                for head in row.chunks_exact_mut(head_dim) {
+                    let (a, b) = head.split_at_mut(half);
+                    for ((x0, x1), &(c, s)) in a.iter_mut().zip(b.iter_mut()).zip(&cos_sin) {
+                        let (v0, v1) = (*x0, *x1);
+                        // llama.cpp's C, built with FMA, contracts the first product of each.
+                        *x0 = libm::fmaf(v0, c, -(v1 * s));
+                        *x1 = libm::fmaf(v0, s, v1 * c);
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn cache(&mut self, len: usize, ty: KvType) -> Result<CpuCache> {
