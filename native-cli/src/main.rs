@@ -16,6 +16,7 @@ use clap::Parser;
 use crate::args::{Cli, Command, EvalCommand, RosettaCommand};
 
 fn main() -> ExitCode {
+    system::fix_mmap_threshold();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Import(args) => commands::import::run(args),

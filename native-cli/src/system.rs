@@ -91,3 +91,16 @@ pub(crate) fn evict_page_cache(path: &Path) -> bool {
 
 /// The git revision the binary was built from.
 pub(crate) const GIT_REVISION: &str = env!("APR_GIT_REVISION");
+
+/// Keeps big allocations out of the heap: glibc raises its mmap threshold (up to 32 MiB) after
+/// a large block is freed, and then serves big zeroed buffers (the KV cache, the batch scratch)
+/// from the heap, which must write zeros over every page, making all of it resident at once.
+/// With a fixed threshold they are fresh mappings whose pages stay unresident until used, and
+/// they go back to the system when freed.
+pub(crate) fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
