@@ -160,6 +160,8 @@ pub struct Cpu {
     transposed: Vec<f32>,
     /// `[heads, rows, head_dim]`: attention output before it is put back in row order.
     head_major: Vec<f32>,
+    /// The used part of an f16 key and value cache, in f32, for the current attention.
+    widened: (Vec<f32>, Vec<f32>),
 }
 
 impl Cpu {
@@ -177,6 +179,7 @@ impl Cpu {
             acts: Vec::new(),
             transposed: Vec::new(),
             head_major: Vec::new(),
+            widened: (Vec::new(), Vec::new()),
         }
     }
 
@@ -707,6 +710,22 @@ impl Backend for Cpu {
         let parallel = rows * heads * (pos0 + rows) * head_dim >= 1 << 17;
         // One item is one (head, row) pair's output, head-major: later rows attend to more
         // positions, so row-major halves would leave the first thread idle half the time.
+        // An f16 cache is converted to f32 once per call, not once per query head: the heads
+        // of a group share their key and value rows.
+        let used = (pos0 + rows) * kv_width;
+        let (keys, values) = match (k_cache, v_cache) {
+            (CpuCache::F16(k), CpuCache::F16(v)) if group > 1 => {
+                for (cache, wide) in [(k, &mut self.widened.0), (v, &mut self.widened.1)] {
+                    wide.resize(used, 0.0);
+                    isa.decode_f16(&cache[..used], wide);
+                }
+                (
+                    KvRows::Widened(&self.widened.0[..used]),
+                    KvRows::Widened(&self.widened.1[..used]),
+                )
+            }
+            _ => (k_cache.rows(), v_cache.rows()),
+        };
         let head_major = &mut self.head_major;
         head_major.resize(rows * width, 0.0);
         self.pool
@@ -720,8 +739,8 @@ impl Backend for Cpu {
                     let (h, i) = (item / rows, item % rows);
                     qh.copy_from_slice(&q[i * width + h * head_dim..][..head_dim]);
                     let head = AttnHead {
-                        keys: k_cache.rows(),
-                        values: v_cache.rows(),
+                        keys,
+                        values,
                         stride: kv_width,
                         offset: (h / group) * head_dim,
                         len: pos0 + i + 1,

@@ -94,6 +94,9 @@ pub enum KvRows<'a> {
     F16(&'a [u16]),
     /// f32 values.
     F32(&'a [f32]),
+    /// An f16 cache's values converted to f32 ahead of time (exactly), so that heads sharing
+    /// them convert once; attended with the f16 cache's arithmetic.
+    Widened(&'a [f32]),
 }
 
 impl KvRows<'_> {
@@ -101,7 +104,7 @@ impl KvRows<'_> {
     pub fn len(&self) -> usize {
         match self {
             Self::F16(v) => v.len(),
-            Self::F32(v) => v.len(),
+            Self::F32(v) | Self::Widened(v) => v.len(),
         }
     }
 
@@ -138,7 +141,9 @@ impl AttnHead<'_> {
         });
         let same = matches!(
             (self.keys, self.values),
-            (KvRows::F16(_), KvRows::F16(_)) | (KvRows::F32(_), KvRows::F32(_))
+            (KvRows::F16(_), KvRows::F16(_))
+                | (KvRows::F32(_), KvRows::F32(_))
+                | (KvRows::Widened(_), KvRows::Widened(_))
         );
         same && end.is_some_and(|e| e <= self.keys.len() && e <= self.values.len())
     }
@@ -250,7 +255,7 @@ pub fn attend(
     if q.len() != dim || k.len() != dim || v.len() != dim || !head.fits(dim) {
         return;
     }
-    let f16 = matches!(head.keys, KvRows::F16(_));
+    let f16 = !matches!(head.keys, KvRows::F32(_));
     if f16 {
         round_f16_slice(q);
     }
@@ -258,7 +263,7 @@ pub fn attend(
         let at = t * head.stride + head.offset;
         match rows {
             KvRows::F16(c) => decode_f16(&c[at..at + dim], dst),
-            KvRows::F32(c) => dst.copy_from_slice(&c[at..at + dim]),
+            KvRows::F32(c) | KvRows::Widened(c) => dst.copy_from_slice(&c[at..at + dim]),
         }
     };
     let (scores, weights) = softmax_scratch(w, head.len);

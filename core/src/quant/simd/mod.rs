@@ -759,6 +759,23 @@ mod tests {
                 let [k, v] = &mut scratch;
                 vec::attend(&mut qq, &head, k, v, &mut w, &mut want);
                 assert!(want.iter().any(|&x| x != 0.0));
+                // An f16 cache converted ahead of time attends the same.
+                if let (vec::KvRows::F16(kc), vec::KvRows::F16(vc)) = (kr, vr) {
+                    let (mut kw, mut vw) =
+                        (alloc::vec![0f32; kc.len()], alloc::vec![0f32; vc.len()]);
+                    vec::decode_f16(kc, &mut kw);
+                    vec::decode_f16(vc, &mut vw);
+                    let widened = vec::AttnHead {
+                        keys: vec::KvRows::Widened(&kw),
+                        values: vec::KvRows::Widened(&vw),
+                        ..head
+                    };
+                    for isa in Isa::available() {
+                        let (mut got, mut qq) = (alloc::vec![0f32; dim], q.clone());
+                        isa.attend(&mut qq, &widened, k, v, &mut w, &mut got);
+                        assert_eq!(got, want, "widened attend on {} over {n}", isa.name());
+                    }
+                }
                 for isa in Isa::available() {
                     let (mut got, mut qq) = (alloc::vec![0f32; dim], q.clone());
                     isa.attend(&mut qq, &head, k, v, &mut w, &mut got);

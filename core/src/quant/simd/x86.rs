@@ -1060,7 +1060,7 @@ macro_rules! simd_level {
                 if q.len() != dim || k.len() != dim || v.len() != dim || !head.fits(dim) {
                     return;
                 }
-                let f16 = matches!(head.keys, vec::KvRows::F16(_));
+                let f16 = !matches!(head.keys, vec::KvRows::F32(_));
                 if f16 {
                     round_f16_slice(q);
                 }
@@ -1072,7 +1072,7 @@ macro_rules! simd_level {
                             decode_f16(&c[at..at + dim], k);
                             dot_ggml(q, k)
                         }
-                        vec::KvRows::F32(c) => dot_ggml(q, &c[at..at + dim]),
+                        vec::KvRows::F32(c) | vec::KvRows::Widened(c) => dot_ggml(q, &c[at..at + dim]),
                     } * head.scale;
                 }
                 vec::exponents(scores, weights);
@@ -1094,6 +1094,7 @@ macro_rules! simd_level {
                             mad(out, v, vs, true);
                         }
                         vec::KvRows::F32(c) => mad(out, &c[at..at + dim], vs, false),
+                        vec::KvRows::Widened(c) => mad(out, &c[at..at + dim], vs, true),
                     }
                     sum = fma(sum, ms, vs);
                 }
