@@ -780,7 +780,7 @@ impl Backend for Cpu {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use alloc::borrow::Cow;
     use alloc::string::ToString;

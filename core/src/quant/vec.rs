@@ -7,6 +7,8 @@
 //! `ggml_vec_dot_f16`, and the value sum takes one fused multiply-add per value, rounded to f16
 //! after each step when the cache is f16.
 
+use alloc::vec::Vec;
+
 /// `x` rounded to the nearest f16 (ties to even) and back.
 #[inline]
 pub fn round_f16(x: f32) -> f32 {
