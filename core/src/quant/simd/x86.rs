@@ -132,7 +132,7 @@ const ROWS: usize = 1;
 const PREFETCH: usize = 2048;
 
 macro_rules! simd_level {
-    ($level:ident, $features:literal, $lanes:ident, $moved:ident, $q5_offsets:ident, $wsum:ident) => {
+    ($level:ident, $features:literal, $lanes:ident, $moved:ident, $q5_offsets:ident, $wsum:ident, $krows:literal) => {
         pub(super) mod $level {
             use super::*;
 
@@ -580,12 +580,13 @@ macro_rules! simd_level {
 
             /// Q4_K and Q6_K weight rows against a batch of Q8_K rows: `out[i * xs.len() + r]`.
             ///
-            /// Two weight rows and four activation rows make a tile of eight products, one
-            /// per lane: each weight block is unpacked once for the whole batch, the integer
-            /// sums of the eight are reduced together, and the float folds, in the reference's
-            /// order, run lane-wise. Activation rows that llama.cpp's kernels take alone (the
-            /// last few of a batch, or every row of a small one) and an odd last weight row go
-            /// one product at a time.
+            /// `$krows` weight rows (four with AVX-512's 32 registers, two with AVX2's 16) and
+            /// four activation rows make a tile of products, eight to a vector: each weight
+            /// block is unpacked once for the whole batch, each load feeds several products,
+            /// the integer sums of eight products are reduced together, and the float folds,
+            /// in the reference's order, run lane-wise. Activation rows that llama.cpp's kernels
+            /// take alone (the last few of a batch, or every row of a small one) and the weight
+            /// rows past the last whole tile go one product at a time.
             #[target_feature(enable = $features)]
             fn k_block(
                 ty: GgmlType,
@@ -602,20 +603,34 @@ macro_rules! simd_level {
                 // Rows that llama.cpp groups come first in a batch.
                 let fast = xs.iter().take_while(|(_, at)| tiled(at)).count() / 4 * 4;
                 let tile_xs = &xs[..fast];
-                let mut acc = alloc::vec![[_mm256_setzero_ps(); 2]; fast / 4];
+                const R: usize = $krows;
+                // Per group of four activation rows, one pair of accumulators per two weight rows.
+                let mut acc = alloc::vec![[_mm256_setzero_ps(); 2]; fast / 4 * (R / 2)];
+                // `acc` out: vector `h` lane `k` is weight row `2h + k / 4`, activation `k % 4`.
+                let spill = |acc: &[[__m256; 2]], o: &mut [f32], q4: bool| {
+                    for (g, pairs) in acc.chunks_exact(R / 2).enumerate() {
+                      for (h, a) in pairs.iter().enumerate() {
+                        let v = lanes_f32(if q4 { _mm256_sub_ps(a[0], a[1]) } else { a[0] });
+                        for (half, lanes) in v.chunks_exact(4).enumerate() {
+                            let at = (2 * h + half) * m + 4 * g;
+                            o[at..at + 4].copy_from_slice(lanes);
+                        }
+                      }
+                    }
+                };
                 if ty == GgmlType::Q4_K {
                     let w: &[BlockQ4K] = weight_blocks(ty, bytes, blocks, QK_K)?;
-                    for (pair, o) in w.chunks(2 * nb).zip(out.chunks_mut(2 * m)) {
-                        let tile_rows = if pair.len() == 2 * nb { fast } else { 0 };
+                    for (rows, o) in w.chunks(R * nb).zip(out.chunks_mut(R * m)) {
+                        let tile_rows = if rows.len() == R * nb { fast } else { 0 };
                         if tile_rows > 0 {
-                            q4_k_tiles([&pair[..nb], &pair[nb..]], tile_xs, &mut acc);
-                            for (g, a) in acc.iter().enumerate() {
-                                let v = lanes_f32(_mm256_sub_ps(a[0], a[1]));
-                                o[4 * g..4 * g + 4].copy_from_slice(&v[..4]);
-                                o[m + 4 * g..m + 4 * g + 4].copy_from_slice(&v[4..]);
+                            let mut ws = [&rows[..0]; R];
+                            for (r, w) in ws.iter_mut().enumerate() {
+                                *w = &rows[r * nb..(r + 1) * nb];
                             }
+                            q4_k_tiles::<R>(ws, tile_xs, &mut acc);
+                            spill(&acc, o, true);
                         }
-                        for (row, o) in pair.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
+                        for (row, o) in rows.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
                             let skip = tile_rows;
                             for ((y, at), v) in xs[skip..].iter().zip(&mut o[skip..]) {
                                 *v = q4_k(row, y, at.in_group_of_four());
@@ -624,17 +639,17 @@ macro_rules! simd_level {
                     }
                 } else {
                     let w: &[BlockQ6K] = weight_blocks(ty, bytes, blocks, QK_K)?;
-                    for (pair, o) in w.chunks(2 * nb).zip(out.chunks_mut(2 * m)) {
-                        let tile_rows = if pair.len() == 2 * nb { fast } else { 0 };
+                    for (rows, o) in w.chunks(R * nb).zip(out.chunks_mut(R * m)) {
+                        let tile_rows = if rows.len() == R * nb { fast } else { 0 };
                         if tile_rows > 0 {
-                            q6_k_tiles([&pair[..nb], &pair[nb..]], tile_xs, &mut acc);
-                            for (g, a) in acc.iter().enumerate() {
-                                let v = lanes_f32(a[0]);
-                                o[4 * g..4 * g + 4].copy_from_slice(&v[..4]);
-                                o[m + 4 * g..m + 4 * g + 4].copy_from_slice(&v[4..]);
+                            let mut ws = [&rows[..0]; R];
+                            for (r, w) in ws.iter_mut().enumerate() {
+                                *w = &rows[r * nb..(r + 1) * nb];
                             }
+                            q6_k_tiles::<R>(ws, tile_xs, &mut acc);
+                            spill(&acc, o, false);
                         }
-                        for (row, o) in pair.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
+                        for (row, o) in rows.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
                             let skip = tile_rows;
                             for ((y, at), v) in xs[skip..].iter().zip(&mut o[skip..]) {
                                 *v = if at.tiled() { q6_k_tiled(row, y) } else { q6_k(row, y) };
@@ -645,96 +660,124 @@ macro_rules! simd_level {
                 Ok(())
             }
 
-            /// Two Q4_K weight rows against groups of four activation rows (all taken in
-            /// `gemm` groups): per group, lane `4r + c` of `acc[g][0]` is the level sum and of
-            /// `acc[g][1]` the min correction of weight row `r` and activation row `4g + c`.
+            /// `R` Q4_K weight rows (2 or 4) against groups of four activation rows (all taken
+            /// in `gemm` groups): for group `g` and rows `2h, 2h + 1`, lane `4r + c` of
+            /// `acc[g * R / 2 + h][0]` is the level sum and of `[1]` the min correction of
+            /// weight row `2h + r` and activation row `4g + c`.
             #[target_feature(enable = $features)]
-            fn q4_k_tiles(
-                w: [&[BlockQ4K]; 2],
+            fn q4_k_tiles<const R: usize>(
+                w: [&[BlockQ4K]; R],
                 xs: &[(&[BlockQ8K], BatchRow)],
                 acc: &mut [[__m256; 2]],
             ) {
                 acc.fill([_mm256_setzero_ps(); 2]);
+                let zero = _mm256_setzero_si256();
                 for i in 0..w[0].len() {
-                    let (b0, b1) = (&w[0][i], &w[1][i]);
-                    let u = [q4_k_unpack(b0), q4_k_unpack(b1)];
-                    let (d0, d1) = (f16(b0.d), f16(b1.d));
-                    let (m0, m1) = (f16(b0.dmin), f16(b1.dmin));
-                    let bd = _mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1);
-                    let bmin = _mm256_setr_ps(m0, m0, m0, m0, m1, m1, m1, m1);
-                    for (g, a) in xs.chunks_exact(4).zip(acc.iter_mut()) {
+                    let mut u = [([zero; 8], [zero; 8], zero); R];
+                    let mut bd = [_mm256_setzero_ps(); 2];
+                    let mut bmin = [_mm256_setzero_ps(); 2];
+                    for h in 0..R / 2 {
+                        let (b0, b1) = (&w[2 * h][i], &w[2 * h + 1][i]);
+                        u[2 * h] = q4_k_unpack(b0);
+                        u[2 * h + 1] = q4_k_unpack(b1);
+                        let (d0, d1) = (f16(b0.d), f16(b1.d));
+                        let (m0, m1) = (f16(b0.dmin), f16(b1.dmin));
+                        bd[h] = _mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1);
+                        bmin[h] = _mm256_setr_ps(m0, m0, m0, m0, m1, m1, m1, m1);
+                    }
+                    for (g, a) in xs.chunks_exact(4).zip(acc.chunks_exact_mut(R / 2)) {
                         let ys = [&g[0].0[i], &g[1].0[i], &g[2].0[i], &g[3].0[i]];
                         let ad = _mm256_setr_ps(
                             ys[0].d, ys[1].d, ys[2].d, ys[3].d, ys[0].d, ys[1].d, ys[2].d, ys[3].d,
                         );
-                        let (d, dmin) = (_mm256_mul_ps(bd, ad), _mm256_mul_ps(bmin, ad));
-                        let mut v = [_mm256_setzero_si256(); 8];
+                        let mut d = [_mm256_setzero_ps(); 2];
+                        let mut dmin = [_mm256_setzero_ps(); 2];
+                        for h in 0..R / 2 {
+                            d[h] = _mm256_mul_ps(bd[h], ad);
+                            dmin[h] = _mm256_mul_ps(bmin[h], ad);
+                        }
+                        let mut v = [zero; 16];
                         for p in 0..4 {
-                            // Each load serves four products (weights) or two (activations).
-                            v = [_mm256_setzero_si256(); 8];
+                            // Each load serves `R` products (activations) or four (weights).
+                            v = [zero; 16];
                             for j in [2 * p, 2 * p + 1] {
                                 let y = ys.map(|a| load32(a.qs[32 * j..32 * j + 32].try_into().unwrap_or(&[0; 32])));
-                                for (r, (q, s)) in u.iter().map(|u| (u.0[j], u.1[j])).enumerate() {
+                                for (r, u) in u.iter().enumerate() {
+                                    let (q, s) = (u.0[j], u.1[j]);
                                     for (c, &y) in y.iter().enumerate() {
                                         v[4 * r + c] = $wsum(v[4 * r + c], _mm256_maddubs_epi16(q, y), s);
                                     }
                                 }
                             }
-                            a[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums8(&v)), d, a[0]);
+                            for h in 0..R / 2 {
+                                let s = sums8(v[8 * h..8 * h + 8].try_into().unwrap_or(&[zero; 8]));
+                                a[h][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d[h], a[h][0]);
+                            }
                         }
-                        for (k, v) in v.iter_mut().enumerate() {
+                        for (k, v) in v.iter_mut().enumerate().take(4 * R) {
                             // SAFETY: `bsums` is 16 i16, 32 bytes.
                             let bsums = unsafe { _mm256_loadu_si256(ys[k % 4].bsums.as_ptr().cast()) };
                             *v = _mm256_madd_epi16(bsums, u[k / 4].2);
                         }
-                        for c in pair_sums8(&v) {
-                            a[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), dmin, a[1]);
+                        for h in 0..R / 2 {
+                            let c = pair_sums8(v[8 * h..8 * h + 8].try_into().unwrap_or(&[zero; 8]));
+                            for c in c {
+                                a[h][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), dmin[h], a[h][1]);
+                            }
                         }
                     }
                 }
             }
 
-            /// Two Q6_K weight rows against groups of four activation rows (all in a tiled
-            /// batch): lane `4r + c` of `acc[g][0]`.
+            /// `R` Q6_K weight rows (2 or 4) against groups of four activation rows (all in a
+            /// tiled batch): lane `4r + c` of `acc[g * R / 2 + h][0]` is weight row `2h + r`
+            /// and activation row `4g + c`.
             #[target_feature(enable = $features)]
-            fn q6_k_tiles(
-                w: [&[BlockQ6K]; 2],
+            fn q6_k_tiles<const R: usize>(
+                w: [&[BlockQ6K]; R],
                 xs: &[(&[BlockQ8K], BatchRow)],
                 acc: &mut [[__m256; 2]],
             ) {
                 acc.fill([_mm256_setzero_ps(); 2]);
+                let zero = _mm256_setzero_si256();
                 for i in 0..w[0].len() {
-                    let (b0, b1) = (&w[0][i], &w[1][i]);
-                    let u = [
-                        (q6_k_levels(b0), q6_k_scales(b0)),
-                        (q6_k_levels(b1), q6_k_scales(b1)),
-                    ];
-                    let (d0, d1) = (f16(b0.d), f16(b1.d));
-                    let bd = _mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1);
-                    for (g, a) in xs.chunks_exact(4).zip(acc.iter_mut()) {
+                    let mut u = [([zero; 8], ([zero; 8], zero)); R];
+                    let mut bd = [_mm256_setzero_ps(); 2];
+                    for h in 0..R / 2 {
+                        let (b0, b1) = (&w[2 * h][i], &w[2 * h + 1][i]);
+                        u[2 * h] = (q6_k_levels(b0), q6_k_scales(b0));
+                        u[2 * h + 1] = (q6_k_levels(b1), q6_k_scales(b1));
+                        let (d0, d1) = (f16(b0.d), f16(b1.d));
+                        bd[h] = _mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1);
+                    }
+                    for (g, a) in xs.chunks_exact(4).zip(acc.chunks_exact_mut(R / 2)) {
                         let ys = [&g[0].0[i], &g[1].0[i], &g[2].0[i], &g[3].0[i]];
                         let ad = _mm256_setr_ps(
                             ys[0].d, ys[1].d, ys[2].d, ys[3].d, ys[0].d, ys[1].d, ys[2].d, ys[3].d,
                         );
-                        // `q6_k_lanes_of` for the eight, a run of 32 values at a time: each
-                        // load serves four products (weights) or two (activations).
-                        let mut v = [_mm256_setzero_si256(); 8];
+                        // `q6_k_lanes_of` for the products, a run of 32 values at a time: each
+                        // load serves `R` products (activations) or four (weights).
+                        let mut v = [zero; 16];
                         for j in 0..8 {
                             let y = ys.map(|a| load32(a.qs[32 * j..32 * j + 32].try_into().unwrap_or(&[0; 32])));
-                            for (r, (q, s)) in u.iter().map(|u| (u.0[j], u.1.0[j])).enumerate() {
+                            for (r, u) in u.iter().enumerate() {
+                                let (q, s) = (u.0[j], u.1.0[j]);
                                 for (c, &y) in y.iter().enumerate() {
                                     v[4 * r + c] = $wsum(v[4 * r + c], _mm256_maddubs_epi16(q, y), s);
                                 }
                             }
                         }
-                        for (k, v) in v.iter_mut().enumerate() {
+                        for (k, v) in v.iter_mut().enumerate().take(4 * R) {
                             // SAFETY: `bsums` is 16 i16, 32 bytes.
                             let bsums = unsafe { _mm256_loadu_si256(ys[k % 4].bsums.as_ptr().cast()) };
                             let offsets = _mm256_madd_epi16(bsums, u[k / 4].1.1);
                             *v = _mm256_sub_epi32(*v, _mm256_slli_epi32(offsets, 5));
                         }
-                        let result = _mm256_mul_ps(_mm256_cvtepi32_ps(sums8(&v)), bd);
-                        a[0] = _mm256_fmadd_ps(result, ad, a[0]);
+                        for h in 0..R / 2 {
+                            let s = sums8(v[8 * h..8 * h + 8].try_into().unwrap_or(&[zero; 8]));
+                            let result = _mm256_mul_ps(_mm256_cvtepi32_ps(s), bd[h]);
+                            a[h][0] = _mm256_fmadd_ps(result, ad, a[h][0]);
+                        }
                     }
                 }
             }
@@ -1297,7 +1340,8 @@ simd_level!(
     lanes_avx2,
     moved_lanes_avx2,
     q5_offsets_avx2,
-    wsum_avx2
+    wsum_avx2,
+    2
 );
 simd_level!(
     avx512,
@@ -1305,7 +1349,8 @@ simd_level!(
     lanes_vnni,
     moved_lanes_vnni,
     q5_offsets_avx512,
-    wsum_vnni
+    wsum_vnni,
+    4
 );
 
 /// Whether the CPU runs [`avx2`].
