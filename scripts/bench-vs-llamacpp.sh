@@ -10,6 +10,8 @@
 # Environment (defaults in brackets):
 #   THREADS   threads for both [physical cores]      ROUNDS  alternations [3]
 #   PROMPT    prompt tokens [128]                    GEN     generated tokens [64]
+#   REPS      timed repetitions per round and tool, after one warm-up, summarised by their
+#             median [3]
 #   LLAMA_CPP where llama.cpp is built [target/llama.cpp]; built there from the llama-cpp-python
 #             0.3.36 source distribution (llama.cpp 0c1e57098) when llama-bench is missing
 #   OUT       raw results [target/bench-vs-llamacpp]
@@ -24,6 +26,7 @@ MODEL=${1:-$(python3 scripts/fetch_model.py)}
 PROMPT=${PROMPT:-128}
 GEN=${GEN:-64}
 ROUNDS=${ROUNDS:-3}
+REPS=${REPS:-3}
 LLAMA_CPP=${LLAMA_CPP:-target/llama.cpp}
 OUT=${OUT:-target/bench-vs-llamacpp}
 mkdir -p "$OUT" "$LLAMA_CPP"
@@ -73,16 +76,16 @@ print(min(len(cores) or os.cpu_count(), len(os.sched_getaffinity(0))))
 EOF
 )}
 
-echo "bench-vs-llamacpp: $MODEL, $THREADS threads, prompt $PROMPT, generate $GEN, $ROUNDS rounds" >&2
+echo "bench-vs-llamacpp: $MODEL, $THREADS threads, prompt $PROMPT, generate $GEN, $ROUNDS rounds of $REPS" >&2
 for round in $(seq 1 "$ROUNDS"); do
     echo "bench-vs-llamacpp: round $round: llama.cpp" >&2
     /usr/bin/time -f %M -o "$OUT/llama-$round.rss" \
-        "$bench" -m "$MODEL" -t "$THREADS" -p "$PROMPT" -n "$GEN" -r 1 -o json \
+        "$bench" -m "$MODEL" -t "$THREADS" -p "$PROMPT" -n "$GEN" -r "$REPS" -o json \
         >"$OUT/llama-$round.json" 2>"$OUT/llama-$round.log"
     echo "bench-vs-llamacpp: round $round: apr" >&2
     /usr/bin/time -f %M -o "$OUT/apr-$round.rss" \
         "$apr" showcase "$MODEL" --threads "$THREADS" --prompt-tokens "$PROMPT" \
-        --gen-tokens "$GEN" --iterations 1 --warmup 1 --output "$OUT/apr-$round.json" \
+        --gen-tokens "$GEN" --iterations "$REPS" --warmup 1 --output "$OUT/apr-$round.json" \
         >"$OUT/apr-$round.log" 2>&1
 done
 
@@ -93,8 +96,10 @@ rss = lambda path: int(open(path).read().split()[-1]) / 1024  # KiB -> MiB
 rows = []
 for r in range(1, rounds + 1):
     tests = json.load(open(f"{out}/llama-{r}.json"))
-    pp = next(t["avg_ts"] for t in tests if t["n_prompt"] > 0 and t["n_gen"] == 0)
-    tg = next(t["avg_ts"] for t in tests if t["n_gen"] > 0 and t["n_prompt"] == 0)
+    # The median of llama-bench's repetitions, as apr's report gives its own.
+    speed = lambda t: statistics.median(t.get("samples_ts") or [t["avg_ts"]])
+    pp = next(speed(t) for t in tests if t["n_prompt"] > 0 and t["n_gen"] == 0)
+    tg = next(speed(t) for t in tests if t["n_gen"] > 0 and t["n_prompt"] == 0)
     a = json.load(open(f"{out}/apr-{r}.json"))
     rows.append({
         "round": r,
