@@ -717,7 +717,12 @@ impl Backend for Cpu {
             (CpuCache::F16(k), CpuCache::F16(v)) if group > 1 => {
                 for (cache, wide) in [(k, &mut self.widened.0), (v, &mut self.widened.1)] {
                     wide.resize(used, 0.0);
-                    isa.decode_f16(&cache[..used], wide);
+                    self.pool
+                        .split(used >= 1 << 16, wide, kv_width, |first, chunk| {
+                            let at = first * kv_width;
+                            isa.decode_f16(&cache[at..at + chunk.len()], chunk);
+                            Ok(())
+                        })?;
                 }
                 (
                     KvRows::Widened(&self.widened.0[..used]),
