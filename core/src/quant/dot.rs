@@ -516,24 +516,43 @@ fn k_sum(aux8: &[i8; QK_K], y: &BlockQ8K, scales: &[i32]) -> [i32; 8] {
 /// 64 values and `gemv` once per 256; the result is their difference.
 fn q4_k_repacked(row: &[u8], y: &[BlockQ8K], grouped: bool) -> Result<f32, QuantError> {
     let x: &[BlockQ4K] = weight_blocks(GgmlType::Q4_K, row, y.len(), QK_K)?;
+    Ok(q4_k_fold(x, y, grouped, q4_k_ints))
+}
+
+/// The exact integer side of [`q4_k_repacked`] for one block: per group of 32 values the scaled
+/// level sum and the min correction.
+#[inline(always)]
+pub(crate) fn q4_k_ints(b: &BlockQ4K, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
+    let (scales, mins) = k4_scales_mins(&b.scales);
+    let mut levels = [0i32; 8];
+    let mut corrections = [0i32; 8];
+    for g in 0..8 {
+        let q4 = &b.qs[32 * (g / 2)..32 * (g / 2) + 32];
+        let sum: i32 = (0..32)
+            .map(|i| {
+                let q = if g % 2 == 0 { q4[i] & 0x0f } else { q4[i] >> 4 };
+                i32::from(q) * i32::from(a.qs[32 * g + i])
+            })
+            .sum();
+        levels[g] = i32::from(scales[g]) * sum;
+        corrections[g] =
+            i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]));
+    }
+    (levels, corrections)
+}
+
+/// The float side of [`q4_k_repacked`], over integer parts from `ints` (which any kernel may
+/// compute, being exact).
+#[inline(always)]
+pub(crate) fn q4_k_fold(
+    x: &[BlockQ4K],
+    y: &[BlockQ8K],
+    grouped: bool,
+    ints: impl Fn(&BlockQ4K, &BlockQ8K) -> ([i32; 8], [i32; 8]),
+) -> f32 {
     let (mut acc, mut acc_min) = (0f32, 0f32);
     for (b, a) in x.iter().zip(y) {
-        let (scales, mins) = k4_scales_mins(&b.scales);
-        // Per group of 32: the scaled level sum and the min correction.
-        let mut levels = [0i32; 8];
-        let mut corrections = [0i32; 8];
-        for g in 0..8 {
-            let q4 = &b.qs[32 * (g / 2)..32 * (g / 2) + 32];
-            let sum: i32 = (0..32)
-                .map(|i| {
-                    let q = if g % 2 == 0 { q4[i] & 0x0f } else { q4[i] >> 4 };
-                    i32::from(q) * i32::from(a.qs[32 * g + i])
-                })
-                .sum();
-            levels[g] = i32::from(scales[g]) * sum;
-            corrections[g] =
-                i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]));
-        }
+        let (levels, corrections) = ints(b, a);
         let d = f16_to_f32(b.d) * a.d;
         let dmin = f16_to_f32(b.dmin) * a.d;
         let step = if grouped { 2 } else { 8 };
@@ -545,7 +564,7 @@ fn q4_k_repacked(row: &[u8], y: &[BlockQ8K], grouped: bool) -> Result<f32, Quant
             acc_min = libm::fmaf(m.iter().sum::<i32>() as f32, dmin, acc_min);
         }
     }
-    Ok(acc - acc_min)
+    acc - acc_min
 }
 
 /// `ggml_vec_dot_q5_K_q8_K_generic`, one block.
@@ -598,7 +617,7 @@ fn k_quant_tail(
 /// unsigned level (0..63) times their group scale, less 32 times the scaled sums of activation
 /// groups `2l` and `2l + 1` (the `- 32` offset, folded in the way the SIMD kernel folds it).
 #[inline(always)]
-fn lanes_q6_k(x: &BlockQ6K, y: &BlockQ8K) -> (f32, [i32; 8]) {
+pub(crate) fn lanes_q6_k(x: &BlockQ6K, y: &BlockQ8K) -> (f32, [i32; 8]) {
     let mut lanes = [0i32; 8];
     for half in 0..2 {
         let ql = &x.ql[64 * half..64 * half + 64];
@@ -630,13 +649,36 @@ fn lanes_q6_k(x: &BlockQ6K, y: &BlockQ8K) -> (f32, [i32; 8]) {
 /// with the activation scale into the running sum.
 fn q6_k_tiled(row: &[u8], y: &[BlockQ8K]) -> Result<f32, QuantError> {
     let x: &[BlockQ6K] = weight_blocks(GgmlType::Q6_K, row, y.len(), QK_K)?;
-    let mut acc = 0f32;
-    for (a, b) in x.iter().zip(y) {
-        let (_, lanes) = lanes_q6_k(a, b);
-        let result = lanes.iter().sum::<i32>() as f32 * f16_to_f32(a.d);
-        acc = libm::fmaf(result, b.d, acc);
+    Ok(q6_k_fold(x, y, true, |a, b| lanes_q6_k(a, b).1))
+}
+
+/// The float side of the Q6_K dot products over the lane sums of [`lanes_q6_k`] (from `lanes`,
+/// which any kernel may compute, being exact): [`q6_k_tiled`]'s when `tiled`, else
+/// [`k_lanes`]'s.
+#[inline(always)]
+pub(crate) fn q6_k_fold(
+    x: &[BlockQ6K],
+    y: &[BlockQ8K],
+    tiled: bool,
+    lanes: impl Fn(&BlockQ6K, &BlockQ8K) -> [i32; 8],
+) -> f32 {
+    if tiled {
+        let mut acc = 0f32;
+        for (a, b) in x.iter().zip(y) {
+            let result = lanes(a, b).iter().sum::<i32>() as f32 * f16_to_f32(a.d);
+            acc = libm::fmaf(result, b.d, acc);
+        }
+        acc
+    } else {
+        let mut acc = [0f32; 8];
+        for (a, b) in x.iter().zip(y) {
+            let d = b.d * f16_to_f32(a.d);
+            for (lane, &v) in acc.iter_mut().zip(&lanes(a, b)) {
+                *lane = libm::fmaf(d, v as f32, *lane);
+            }
+        }
+        hsum8(&acc)
     }
-    Ok(acc)
 }
 
 /// Casts for the tests and the backends: a row of blocks as bytes.

@@ -57,6 +57,14 @@ trait RowKernels {
     fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32;
     fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32;
     fn f32(w: &[f32], x: &[f32]) -> f32;
+    /// Q4_K in llama.cpp's `gemm` groups or whole (`dot::q4_k_fold`).
+    fn q4_k(w: &[super::blocks::BlockQ4K], y: &[super::dot::BlockQ8K], grouped: bool) -> f32 {
+        super::dot::q4_k_fold(w, y, grouped, super::dot::q4_k_ints)
+    }
+    /// Q6_K tiled or in lanes (`dot::q6_k_fold`).
+    fn q6_k(w: &[super::blocks::BlockQ6K], y: &[super::dot::BlockQ8K], tiled: bool) -> f32 {
+        super::dot::q6_k_fold(w, y, tiled, |a, b| super::dot::lanes_q6_k(a, b).1)
+    }
 }
 
 /// `out[i] = w_i · x` for the weight rows in `bytes` through `K`'s kernels; `None` for the
@@ -91,6 +99,20 @@ fn rows<K: RowKernels>(
         (GgmlType::Q8_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q8_0)?,
         (GgmlType::Q5_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q5_0)?,
         (GgmlType::Q4_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q4_0)?,
+        (GgmlType::Q4_K, ActRow::Q8K(y, at)) if !y.is_empty() => {
+            let w: &[super::blocks::BlockQ4K] =
+                super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK_K)?;
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+                *o = K::q4_k(row, y, at.in_group_of_four());
+            }
+        }
+        (GgmlType::Q6_K, ActRow::Q8K(y, at)) if !y.is_empty() => {
+            let w: &[super::blocks::BlockQ6K] =
+                super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK_K)?;
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+                *o = K::q6_k(row, y, at.tiled());
+            }
+        }
         (GgmlType::F32, ActRow::F32(y)) if !y.is_empty() => {
             match bytemuck::try_cast_slice::<u8, f32>(bytes) {
                 Ok(w) if w.len() == y.len() * out.len() => {

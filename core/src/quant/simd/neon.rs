@@ -3,12 +3,14 @@
 //! lane of four values are exact, and the float side keeps the reference's eight lanes (two
 //! `float32x4_t`), its fused multiply-adds (`vfmaq_f32`) and its final reduction.
 //!
-//! Types and operations without a kernel here (the K-quants, attention, SiLU) run the reference.
+//! The K-quants compute their exact integer parts here and share the reference's float side.
+//! Types and operations without a kernel here (Q4_1, Q5_1, Q5_K, f16, attention, SiLU) run the
+//! reference.
 
 use core::arch::aarch64::*;
 
 use super::super::blocks::*;
-use super::super::dot::hsum8;
+use super::super::dot::{BlockQ8K, hsum8, k4_scales_mins};
 
 #[inline(always)]
 fn load16(bytes: &[i8]) -> int8x16_t {
@@ -154,6 +156,80 @@ pub(super) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     sum
 }
 
+/// `dot::q4_k_ints`: per group of 32 values the scaled level sum and the min correction.
+#[inline(always)]
+fn q4_k_ints(b: &BlockQ4K, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
+    let (scales, mins) = k4_scales_mins(&b.scales);
+    let mut levels = [0i32; 8];
+    // SAFETY: NEON is part of aarch64; every load reads 16 bytes inside its block.
+    unsafe {
+        for p in 0..4 {
+            let q = [
+                vld1q_u8(b.qs[32 * p..].as_ptr()),
+                vld1q_u8(b.qs[32 * p + 16..].as_ptr()),
+            ];
+            for (g, nibbles) in [
+                (2 * p, q.map(|v| vandq_u8(v, vdupq_n_u8(0x0f)))),
+                (2 * p + 1, q.map(|v| vshrq_n_u8(v, 4))),
+            ] {
+                let y = [load16(&a.qs[32 * g..]), load16(&a.qs[32 * g + 16..])];
+                let s = lanes(nibbles.map(|v| vreinterpretq_s8_u8(v)), y);
+                levels[g] = i32::from(scales[g]) * vaddvq_s32(vaddq_s32(s[0], s[1]));
+            }
+        }
+    }
+    let corrections = core::array::from_fn(|g| {
+        i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]))
+    });
+    (levels, corrections)
+}
+
+/// `dot::lanes_q6_k`'s eight integer lane sums.
+#[inline(always)]
+fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
+    let mut lanes8 = [0i32; 8];
+    // SAFETY: NEON is part of aarch64; every load reads 16 bytes inside its block.
+    unsafe {
+        let mut acc = [vdupq_n_s32(0); 2];
+        for half in 0..2 {
+            let ql = &x.ql[64 * half..64 * half + 64];
+            let qh = &x.qh[32 * half..32 * half + 32];
+            let low = [vld1q_u8(ql.as_ptr()), vld1q_u8(ql[16..].as_ptr())];
+            let high = [vld1q_u8(ql[32..].as_ptr()), vld1q_u8(ql[48..].as_ptr())];
+            let bits = [vld1q_u8(qh.as_ptr()), vld1q_u8(qh[16..].as_ptr())];
+            for c in 0..4 {
+                // Run c of 32 values: a nibble of `ql` (which half of it, and which nibble, by
+                // c) and two bits of `qh` (shifted by 2c) as the level's top bits.
+                let src = if c % 2 == 0 { low } else { high };
+                let shift = vdupq_n_s8(-2 * c as i8);
+                let level = |k: usize| {
+                    let nibble = if c < 2 {
+                        vandq_u8(src[k], vdupq_n_u8(0x0f))
+                    } else {
+                        vshrq_n_u8(src[k], 4)
+                    };
+                    let top = vandq_u8(vshlq_u8(bits[k], shift), vdupq_n_u8(3));
+                    vreinterpretq_s8_u8(vorrq_u8(nibble, vshlq_n_u8(top, 4)))
+                };
+                let v = 128 * half + 32 * c;
+                let ys = [load16(&y.qs[v..]), load16(&y.qs[v + 16..])];
+                let s = lanes([level(0), level(1)], ys);
+                acc[0] = vmlaq_n_s32(acc[0], s[0], i32::from(x.scales[v / 16]));
+                acc[1] = vmlaq_n_s32(acc[1], s[1], i32::from(x.scales[v / 16 + 1]));
+            }
+        }
+        vst1q_s32(lanes8.as_mut_ptr(), acc[0]);
+        vst1q_s32(lanes8.as_mut_ptr().add(4), acc[1]);
+    }
+    for (l, lane) in lanes8.iter_mut().enumerate() {
+        let g = 2 * l;
+        let offset = i32::from(y.bsums[g]) * i32::from(x.scales[g])
+            + i32::from(y.bsums[g + 1]) * i32::from(x.scales[g + 1]);
+        *lane -= offset << 5;
+    }
+    lanes8
+}
+
 /// This level's kernels for the shared row loop.
 pub(super) struct Kernels;
 
@@ -169,5 +245,11 @@ impl super::RowKernels for Kernels {
     }
     fn f32(w: &[f32], x: &[f32]) -> f32 {
         dot_f32(w, x)
+    }
+    fn q4_k(w: &[BlockQ4K], y: &[BlockQ8K], grouped: bool) -> f32 {
+        super::super::dot::q4_k_fold(w, y, grouped, q4_k_ints)
+    }
+    fn q6_k(w: &[BlockQ6K], y: &[BlockQ8K], tiled: bool) -> f32 {
+        super::super::dot::q6_k_fold(w, y, tiled, q6_k_lanes)
     }
 }

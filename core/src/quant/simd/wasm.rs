@@ -6,12 +6,14 @@
 //! the sum is rounded to odd (a two-sum gives its error, which fixes the last bit), and rounding
 //! that to f32 is then the correctly rounded fused result.
 //!
-//! Types and operations without a kernel here (the K-quants, attention, SiLU) run the reference.
+//! The K-quants compute their exact integer parts here and share the reference's float side.
+//! Types and operations without a kernel here (Q4_1, Q5_1, Q5_K, f16, attention, SiLU) run the
+//! reference.
 
 use core::arch::wasm32::*;
 
 use super::super::blocks::*;
-use super::super::dot::hsum8;
+use super::super::dot::{BlockQ8K, hsum8, k4_scales_mins};
 use super::super::{QK, f16_to_f32};
 
 #[inline(always)]
@@ -176,6 +178,91 @@ pub(super) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 /// This level's kernels for the shared row loop.
 pub(super) struct Kernels;
 
+/// The sum of four i32 lanes.
+#[inline(always)]
+fn hsum4(v: v128) -> i32 {
+    i32x4_extract_lane::<0>(v)
+        + i32x4_extract_lane::<1>(v)
+        + i32x4_extract_lane::<2>(v)
+        + i32x4_extract_lane::<3>(v)
+}
+
+/// `dot::q4_k_ints`: per group of 32 values the scaled level sum and the min correction.
+#[inline(always)]
+fn q4_k_ints(b: &BlockQ4K, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
+    let (scales, mins) = k4_scales_mins(&b.scales);
+    let ys: &[u8] = bytemuck::cast_slice(&a.qs);
+    let mut levels = [0i32; 8];
+    for p in 0..4 {
+        let q = [load16(&b.qs[32 * p..]), load16(&b.qs[32 * p + 16..])];
+        for (g, nibbles) in [
+            (2 * p, q.map(|v| v128_and(v, u8x16_splat(0x0f)))),
+            (2 * p + 1, q.map(|v| u8x16_shr(v, 4))),
+        ] {
+            let s = i32x4_add(
+                quads(nibbles[0], load16(&ys[32 * g..])),
+                quads(nibbles[1], load16(&ys[32 * g + 16..])),
+            );
+            levels[g] = i32::from(scales[g]) * hsum4(s);
+        }
+    }
+    let corrections = core::array::from_fn(|g| {
+        i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]))
+    });
+    (levels, corrections)
+}
+
+/// `dot::lanes_q6_k`'s eight integer lane sums.
+#[inline(always)]
+fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
+    let ys: &[u8] = bytemuck::cast_slice(&y.qs);
+    let mut acc = [i32x4_splat(0); 2];
+    for half in 0..2 {
+        let ql = &x.ql[64 * half..64 * half + 64];
+        let qh = &x.qh[32 * half..32 * half + 32];
+        let low = [load16(ql), load16(&ql[16..])];
+        let high = [load16(&ql[32..]), load16(&ql[48..])];
+        let bits = [load16(qh), load16(&qh[16..])];
+        for c in 0..4 {
+            // Run c of 32 values: a nibble of `ql` (which half of it, and which nibble, by c)
+            // and two bits of `qh` (shifted by 2c) as the level's top bits.
+            let src = if c % 2 == 0 { low } else { high };
+            let level = |k: usize| {
+                let nibble = if c < 2 {
+                    v128_and(src[k], u8x16_splat(0x0f))
+                } else {
+                    u8x16_shr(src[k], 4)
+                };
+                let top = v128_and(u8x16_shr(bits[k], 2 * c as u32), u8x16_splat(3));
+                v128_or(nibble, i8x16_shl(top, 4))
+            };
+            let v = 128 * half + 32 * c;
+            let s = [
+                quads(level(0), load16(&ys[v..])),
+                quads(level(1), load16(&ys[v + 16..])),
+            ];
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let scale = i32x4_splat(i32::from(x.scales[v / 16 + k]));
+                *acc = i32x4_add(*acc, i32x4_mul(s[k], scale));
+            }
+        }
+    }
+    let mut lanes = [0i32; 8];
+    for (k, acc) in acc.iter().enumerate() {
+        lanes[4 * k] = i32x4_extract_lane::<0>(*acc);
+        lanes[4 * k + 1] = i32x4_extract_lane::<1>(*acc);
+        lanes[4 * k + 2] = i32x4_extract_lane::<2>(*acc);
+        lanes[4 * k + 3] = i32x4_extract_lane::<3>(*acc);
+    }
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        let g = 2 * l;
+        let offset = i32::from(y.bsums[g]) * i32::from(x.scales[g])
+            + i32::from(y.bsums[g + 1]) * i32::from(x.scales[g + 1]);
+        *lane -= offset << 5;
+    }
+    lanes
+}
+
 impl super::RowKernels for Kernels {
     fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
         legacy(w, y)
@@ -188,6 +275,12 @@ impl super::RowKernels for Kernels {
     }
     fn f32(w: &[f32], x: &[f32]) -> f32 {
         dot_f32(w, x)
+    }
+    fn q4_k(w: &[BlockQ4K], y: &[BlockQ8K], grouped: bool) -> f32 {
+        super::super::dot::q4_k_fold(w, y, grouped, q4_k_ints)
+    }
+    fn q6_k(w: &[BlockQ6K], y: &[BlockQ8K], tiled: bool) -> f32 {
+        super::super::dot::q6_k_fold(w, y, tiled, q6_k_lanes)
     }
 }
 
