@@ -340,6 +340,9 @@ impl Cpu {
         let Some(w0) = ws.first() else {
             return Ok(());
         };
+        if rows == 0 {
+            return Ok(());
+        }
         let (k, kind) = (w0.cols(), ActKind::for_weight(w0.dtype()));
         let x = slice(x, rows * k, "matmul input")?;
         let total: usize = ws.iter().map(|w| w.rows()).sum();
@@ -360,6 +363,13 @@ impl Cpu {
                 .collect();
             for (w, out) in ws.iter().zip(outs.iter_mut()) {
                 let out = slice_mut(out, rows * w.rows(), "matmul output")?;
+                if w.rows() == 0 {
+                    // Nothing to write, but every share keeps one output per matrix.
+                    for share in &mut shares {
+                        share.outs.push(&mut []);
+                    }
+                    continue;
+                }
                 for (share, chunk) in shares.iter_mut().zip(out.chunks_mut(per * w.rows())) {
                     share.outs.push(chunk);
                 }
@@ -820,19 +830,21 @@ mod tests {
             [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_K],
             [GgmlType::F16, GgmlType::F32, GgmlType::BF16],
         ] {
+            // An empty matrix among them must change nothing.
             let data: Vec<_> = types
                 .iter()
-                .zip([200, 24, 333])
+                .chain(&types[..1])
+                .zip([200, 0, 24, 333])
                 .map(|(&ty, m)| matrix(ty, m, cols, &mut rng))
                 .collect();
-            for rows in [1, 3, 7, 8, 37] {
+            for rows in [0, 1, 3, 7, 8, 37] {
                 let x: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
                 let mut expect: Vec<Vec<f32>> = Vec::new();
                 for d in &data {
                     let kind = ActKind::for_weight(d.dtype);
                     let mut acts = Activations::default();
                     acts.encode(kind, &x, rows, cols).unwrap();
-                    let row_bytes = d.bytes.len() / d.rows;
+                    let row_bytes = d.bytes.len() / d.rows.max(1);
                     let mut scratch = vec![0f32; cols];
                     let mut out = vec![0f32; rows * d.rows];
                     for r in 0..rows {
