@@ -525,7 +525,6 @@ fn q4_k_repacked(row: &[u8], y: &[BlockQ8K], grouped: bool) -> Result<f32, Quant
 pub(crate) fn q4_k_ints(b: &BlockQ4K, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
     let (scales, mins) = k4_scales_mins(&b.scales);
     let mut levels = [0i32; 8];
-    let mut corrections = [0i32; 8];
     for g in 0..8 {
         let q4 = &b.qs[32 * (g / 2)..32 * (g / 2) + 32];
         let sum: i32 = (0..32)
@@ -535,10 +534,29 @@ pub(crate) fn q4_k_ints(b: &BlockQ4K, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
             })
             .sum();
         levels[g] = i32::from(scales[g]) * sum;
-        corrections[g] =
-            i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]));
     }
-    (levels, corrections)
+    (levels, q4_k_corrections(&mins, a))
+}
+
+/// A Q4_K block's min corrections per group of 32 values, from its mins and the activation
+/// block's sums.
+#[inline(always)]
+pub(crate) fn q4_k_corrections(mins: &[u8; 8], a: &BlockQ8K) -> [i32; 8] {
+    core::array::from_fn(|g| {
+        i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]))
+    })
+}
+
+/// Folds the `- 32` offset of Q6_K's levels into its eight lane sums: lane `l` loses 32 times
+/// the scaled sums of activation groups `2l` and `2l + 1`.
+#[inline(always)]
+pub(crate) fn q6_k_offsets(x: &BlockQ6K, y: &BlockQ8K, lanes: &mut [i32; 8]) {
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        let g = 2 * l;
+        let offset = i32::from(y.bsums[g]) * i32::from(x.scales[g])
+            + i32::from(y.bsums[g + 1]) * i32::from(x.scales[g + 1]);
+        *lane -= offset << 5;
+    }
 }
 
 /// The float side of [`q4_k_repacked`], over integer parts from `ints` (which any kernel may
@@ -635,12 +653,7 @@ pub(crate) fn lanes_q6_k(x: &BlockQ6K, y: &BlockQ8K) -> (f32, [i32; 8]) {
             }
         }
     }
-    for (l, lane) in lanes.iter_mut().enumerate() {
-        let g = 2 * l;
-        let offset = i32::from(y.bsums[g]) * i32::from(x.scales[g])
-            + i32::from(y.bsums[g + 1]) * i32::from(x.scales[g + 1]);
-        *lane -= offset << 5;
-    }
+    q6_k_offsets(x, y, &mut lanes);
     (y.d * f16_to_f32(x.d), lanes)
 }
 

@@ -178,10 +178,7 @@ fn q4_k_ints(b: &BlockQ4K, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
             }
         }
     }
-    let corrections = core::array::from_fn(|g| {
-        i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]))
-    });
-    (levels, corrections)
+    (levels, super::super::dot::q4_k_corrections(&mins, a))
 }
 
 /// `dot::lanes_q6_k`'s eight integer lane sums.
@@ -221,12 +218,7 @@ fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
         vst1q_s32(lanes8.as_mut_ptr(), acc[0]);
         vst1q_s32(lanes8.as_mut_ptr().add(4), acc[1]);
     }
-    for (l, lane) in lanes8.iter_mut().enumerate() {
-        let g = 2 * l;
-        let offset = i32::from(y.bsums[g]) * i32::from(x.scales[g])
-            + i32::from(y.bsums[g + 1]) * i32::from(x.scales[g + 1]);
-        *lane -= offset << 5;
-    }
+    super::super::dot::q6_k_offsets(x, y, &mut lanes8);
     lanes8
 }
 

@@ -206,10 +206,7 @@ fn q4_k_ints(b: &BlockQ4K, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
             levels[g] = i32::from(scales[g]) * hsum4(s);
         }
     }
-    let corrections = core::array::from_fn(|g| {
-        i32::from(mins[g]) * (i32::from(a.bsums[2 * g]) + i32::from(a.bsums[2 * g + 1]))
-    });
-    (levels, corrections)
+    (levels, super::super::dot::q4_k_corrections(&mins, a))
 }
 
 /// `dot::lanes_q6_k`'s eight integer lane sums.
@@ -254,12 +251,7 @@ fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
         lanes[4 * k + 2] = i32x4_extract_lane::<2>(*acc);
         lanes[4 * k + 3] = i32x4_extract_lane::<3>(*acc);
     }
-    for (l, lane) in lanes.iter_mut().enumerate() {
-        let g = 2 * l;
-        let offset = i32::from(y.bsums[g]) * i32::from(x.scales[g])
-            + i32::from(y.bsums[g + 1]) * i32::from(x.scales[g + 1]);
-        *lane -= offset << 5;
-    }
+    super::super::dot::q6_k_offsets(x, y, &mut lanes);
     lanes
 }
 

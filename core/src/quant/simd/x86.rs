@@ -618,44 +618,45 @@ macro_rules! simd_level {
                       }
                     }
                 };
+                // Whole tiles of `R` weight rows, then one product at a time for the rest.
+                fn rows_of<B, const R: usize>(
+                    w: &[B],
+                    nb: usize,
+                    xs: &[(&[BlockQ8K], BatchRow)],
+                    fast: usize,
+                    out: &mut [f32],
+                    mut tile: impl FnMut([&[B]; R], &mut [f32]),
+                    one: impl Fn(&[B], &[BlockQ8K], BatchRow) -> f32,
+                ) {
+                    let m = xs.len();
+                    for (rows, o) in w.chunks(R * nb).zip(out.chunks_mut(R * m)) {
+                        let tile_rows = if rows.len() == R * nb { fast } else { 0 };
+                        if tile_rows > 0 {
+                            let mut ws = [&rows[..0]; R];
+                            for (r, w) in ws.iter_mut().enumerate() {
+                                *w = &rows[r * nb..(r + 1) * nb];
+                            }
+                            tile(ws, o);
+                        }
+                        for (row, o) in rows.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
+                            for ((y, at), v) in xs[tile_rows..].iter().zip(&mut o[tile_rows..]) {
+                                *v = one(row, y, *at);
+                            }
+                        }
+                    }
+                }
                 if ty == GgmlType::Q4_K {
                     let w: &[BlockQ4K] = weight_blocks(ty, bytes, blocks, QK_K)?;
-                    for (rows, o) in w.chunks(R * nb).zip(out.chunks_mut(R * m)) {
-                        let tile_rows = if rows.len() == R * nb { fast } else { 0 };
-                        if tile_rows > 0 {
-                            let mut ws = [&rows[..0]; R];
-                            for (r, w) in ws.iter_mut().enumerate() {
-                                *w = &rows[r * nb..(r + 1) * nb];
-                            }
-                            q4_k_tiles::<R>(ws, tile_xs, &mut acc);
-                            spill(&acc, o, true);
-                        }
-                        for (row, o) in rows.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
-                            let skip = tile_rows;
-                            for ((y, at), v) in xs[skip..].iter().zip(&mut o[skip..]) {
-                                *v = q4_k(row, y, at.in_group_of_four());
-                            }
-                        }
-                    }
+                    rows_of::<_, R>(w, nb, xs, fast, out, |ws, o| {
+                        q4_k_tiles::<R>(ws, tile_xs, &mut acc);
+                        spill(&acc, o, true);
+                    }, |row, y, at| q4_k(row, y, at.in_group_of_four()));
                 } else {
                     let w: &[BlockQ6K] = weight_blocks(ty, bytes, blocks, QK_K)?;
-                    for (rows, o) in w.chunks(R * nb).zip(out.chunks_mut(R * m)) {
-                        let tile_rows = if rows.len() == R * nb { fast } else { 0 };
-                        if tile_rows > 0 {
-                            let mut ws = [&rows[..0]; R];
-                            for (r, w) in ws.iter_mut().enumerate() {
-                                *w = &rows[r * nb..(r + 1) * nb];
-                            }
-                            q6_k_tiles::<R>(ws, tile_xs, &mut acc);
-                            spill(&acc, o, false);
-                        }
-                        for (row, o) in rows.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
-                            let skip = tile_rows;
-                            for ((y, at), v) in xs[skip..].iter().zip(&mut o[skip..]) {
-                                *v = if at.tiled() { q6_k_tiled(row, y) } else { q6_k(row, y) };
-                            }
-                        }
-                    }
+                    rows_of::<_, R>(w, nb, xs, fast, out, |ws, o| {
+                        q6_k_tiles::<R>(ws, tile_xs, &mut acc);
+                        spill(&acc, o, false);
+                    }, |row, y, at| if at.tiled() { q6_k_tiled(row, y) } else { q6_k(row, y) });
                 }
                 Ok(())
             }
