@@ -164,7 +164,17 @@ fn issue_4_run_batches_prompts_and_rejects_bad_flags() {
     assert_eq!(lines[1]["prompt"], "in the");
     let (code, out, _) = apr_with_stdin(
         apr.dir(),
-        &["run", &m, "--max-tokens", "3", "--quiet", "--ignore-eos"],
+        // Greedy: a sampled reply from the tiny model's random weights may contain a newline.
+        &[
+            "run",
+            &m,
+            "--max-tokens",
+            "3",
+            "--quiet",
+            "--ignore-eos",
+            "--temperature",
+            "0",
+        ],
         "a\nb\nc\n",
     );
     assert_eq!(code, Some(0));

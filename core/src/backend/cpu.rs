@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 
 use super::{AttnShape, Backend, KvType, MatrixData};
 use crate::dtype::GgmlType;
-use crate::quant::dot::{ActKind, Activations};
+use crate::quant::dot::{ActKind, ActRow, Activations};
 use crate::quant::simd::Isa;
 use crate::quant::vec::{AttnHead, KvRows};
 use crate::{Error, Result};
@@ -76,77 +76,51 @@ impl CpuCache {
 /// activation row passes over them.
 const TILE: usize = 16;
 
-/// Output rows `first..` of a matrix product, transposed: `chunk[i * rows + r]` is weight row
-/// `first + i` times activation row `r`. Weight rows are taken a tile at a time, so each is read
-/// from memory once for the whole batch.
-fn matmul_chunk(
+/// Weight rows `start..start + take` of `w` times every activation row in `xs`, transposed:
+/// `out[i * xs.len() + r]` is weight row `start + i` times activation row `r`. A batch is
+/// taken [`TILE`] weight rows at a time, so each is read from memory once for all of it.
+fn matmul_rows(
     isa: Isa,
     w: &CpuMatrix<'_>,
-    acts: &Activations,
-    rows: usize,
-    first: usize,
-    chunk: &mut [f32],
+    xs: &[ActRow<'_>],
+    start: usize,
+    out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<()> {
     let bad = |e| Error::Invalid(alloc::format!("tensor {}: {e}", w.data.name));
-    if rows == 1 {
-        // Decode: one activation row against every weight row of the chunk, in one call.
-        let a = acts
-            .row(0)
-            .ok_or_else(|| short("matmul activations", 1, 0))?;
-        let bytes = &w.data.bytes[first * w.row_bytes..(first + chunk.len()) * w.row_bytes];
+    let rows = xs.len();
+    let take = out.len() / rows.max(1);
+    let bytes = w
+        .data
+        .bytes
+        .get(start * w.row_bytes..(start + take) * w.row_bytes)
+        .ok_or_else(|| {
+            short(
+                "matmul weights",
+                (start + take) * w.row_bytes,
+                w.data.bytes.len(),
+            )
+        })?;
+    if let [x] = xs {
+        // Decode: one activation row against every weight row, in one call.
         return isa
-            .dot_rows(w.dtype(), bytes, a, scratch, chunk)
+            .dot_rows(w.dtype(), bytes, *x, scratch, out)
             .map_err(bad);
     }
-    let xs = (0..rows)
-        .map(|r| {
-            acts.row(r)
-                .ok_or_else(|| short("matmul activations", r, rows))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for (t, cols) in chunk.chunks_mut(TILE * rows).enumerate() {
-        let n = cols.len() / rows;
-        let start = first + t * TILE;
-        let bytes = &w.data.bytes[start * w.row_bytes..(start + n) * w.row_bytes];
-        isa.dot_block(w.dtype(), bytes, &xs, scratch, cols)
+    for (bytes, out) in bytes
+        .chunks(TILE * w.row_bytes)
+        .zip(out.chunks_mut(TILE * rows))
+    {
+        isa.dot_block(w.dtype(), bytes, xs, scratch, out)
             .map_err(bad)?;
     }
     Ok(())
 }
 
-/// Output rows `first..first + chunk.len() / rows` of the matrices `ws` stacked one above the
-/// other, in [`matmul_chunk`]'s layout.
-fn stacked_chunk(
-    isa: Isa,
-    ws: &[&CpuMatrix<'_>],
-    acts: &Activations,
-    rows: usize,
-    first: usize,
-    chunk: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<()> {
-    let mut at = first;
-    let mut rest = chunk;
-    let mut offset = 0;
-    for w in ws {
-        let start = offset;
-        let end = start + w.rows();
-        offset = end;
-        if rest.is_empty() {
-            break;
-        }
-        if at >= end {
-            continue;
-        }
-        let take = (end - at).min(rest.len() / rows);
-        let (part, tail) = rest.split_at_mut(take * rows);
-        matmul_chunk(isa, w, acts, rows, at - start, part, scratch)?;
-        at += take;
-        rest = tail;
-    }
-    Ok(())
-}
+/// Claimed units of work per member when a product is split by weight rows: enough that a
+/// member slowed by a busy core hands its share to the others, few enough that claiming costs
+/// nothing measurable next to a unit.
+const UNITS_PER_THREAD: usize = 4;
 
 /// The CPU backend.
 #[derive(Debug)]
@@ -155,9 +129,6 @@ pub struct Cpu {
     pool: Pool,
     /// Encoded activations, one buffer per member of the team.
     acts: Vec<Activations>,
-    /// `[out_cols, rows]`: results of a product split by weight rows, before they are
-    /// transposed into place.
-    transposed: Vec<f32>,
     /// `[heads, rows, head_dim]`: attention output before it is put back in row order.
     head_major: Vec<f32>,
     /// The used part of an f16 key and value cache, in f32, for the current attention.
@@ -177,7 +148,6 @@ impl Cpu {
             isa,
             pool: Pool::new(threads.max(1)),
             acts: Vec::new(),
-            transposed: Vec::new(),
             head_major: Vec::new(),
             widened: (Vec::new(), Vec::new()),
         }
@@ -298,6 +268,95 @@ impl Pool {
         }
         self.each(parts, |_, (first, chunk)| f(first, chunk))
     }
+
+    /// Runs `f(&mut state, unit)` for every unit in `0..units`. Each member makes its own
+    /// state with `init` and claims the next unclaimed unit whenever it finishes one, so a
+    /// member on a slower or busier core simply does fewer: a fixed split would leave the
+    /// others waiting for it. `parallel` false keeps it on the calling thread. Stops at the
+    /// first error.
+    fn claim<S, I, F>(&self, parallel: bool, units: usize, init: I, f: F) -> Result<()>
+    where
+        I: Fn() -> S + Sync,
+        F: Fn(&mut S, usize) -> Result<()> + Sync,
+    {
+        #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+        if parallel && units > 1 && self.team.threads() > 1 {
+            use core::sync::atomic::{AtomicUsize, Ordering};
+            use std::sync::Mutex;
+            let next = AtomicUsize::new(0);
+            let failed: Mutex<Option<Error>> = Mutex::new(None);
+            let ran = self.team.run(&|_| {
+                let mut state = init();
+                loop {
+                    let unit = next.fetch_add(1, Ordering::Relaxed);
+                    if unit >= units {
+                        break;
+                    }
+                    if let Err(e) = f(&mut state, unit) {
+                        // The others stop at their next claim.
+                        next.store(units, Ordering::Relaxed);
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        break;
+                    }
+                }
+            });
+            if ran.is_err() {
+                return Err(Error::Invalid("a compute thread panicked".into()));
+            }
+            return match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+        }
+        let _ = parallel;
+        let mut state = init();
+        (0..units).try_for_each(|unit| f(&mut state, unit))
+    }
+}
+
+/// A row-major output (`rows` rows of `width` values) that several members fill at once, each
+/// its own columns.
+struct Columns<'o> {
+    ptr: *mut f32,
+    rows: usize,
+    width: usize,
+    _out: core::marker::PhantomData<&'o mut [f32]>,
+}
+
+// SAFETY: `Columns` hands out no references; every write goes through `put`, whose callers
+// guarantee that no two threads touch the same columns.
+unsafe impl Sync for Columns<'_> {}
+
+impl<'o> Columns<'o> {
+    fn new(out: &'o mut [f32], rows: usize, width: usize) -> Result<Self> {
+        let out = slice_mut(out, rows * width, "matmul output")?;
+        Ok(Self {
+            ptr: out.as_mut_ptr(),
+            rows,
+            width,
+            _out: core::marker::PhantomData,
+        })
+    }
+
+    /// Writes columns `start..start + take` of every row from `tile`, where `tile[i * rows + r]`
+    /// is column `start + i` of row `r`.
+    ///
+    /// # Safety
+    /// No other thread may write these columns while this runs.
+    unsafe fn put(&self, start: usize, take: usize, tile: &[f32]) {
+        let tile = &tile[..take * self.rows];
+        assert!(start + take <= self.width, "columns out of range");
+        for r in 0..self.rows {
+            // SAFETY: `r * width + start + take <= rows * width`, the length `new` checked, and
+            // the caller owns these columns for the duration.
+            let line = unsafe {
+                core::slice::from_raw_parts_mut(self.ptr.add(r * self.width + start), take)
+            };
+            for (i, v) in line.iter_mut().enumerate() {
+                *v = tile[i * self.rows + r];
+            }
+        }
+    }
 }
 
 fn short(what: &str, need: usize, have: usize) -> Error {
@@ -315,21 +374,16 @@ fn slice_mut<'b>(buf: &'b mut [f32], len: usize, what: &str) -> Result<&'b mut [
     buf.get_mut(..len).ok_or_else(|| short(what, len, have))
 }
 
-/// One member's share of a batched product: activation rows `first..`, and those rows of
-/// every output.
-struct Share<'o> {
-    first: usize,
-    outs: Vec<&'o mut [f32]>,
-}
-
 impl Cpu {
     /// [`Backend::matmuls`] for matrices that share the input's encoding.
     ///
-    /// A batch of at least four rows per thread is split by activation rows: each member
-    /// encodes its own rows and runs them against every weight row, a tile of weight rows at a
-    /// time, writing its own rows of the outputs (the weights, a few MiB per layer, are read
-    /// once per member from the shared cache). Smaller batches and decoding split the weight
-    /// rows instead, over an input encoded once.
+    /// A batch of at least four rows per thread (a prompt) is encoded by the team, each member
+    /// its share of the rows; then the members claim tiles of [`TILE`] weight rows one after
+    /// another, each running every activation row against its tile (the tile stays in cache
+    /// while the batch passes over it) and writing those columns of the outputs. Claiming
+    /// rather than splitting up front keeps both cores busy to the end when one of them runs
+    /// slower. Smaller batches and decoding split the weight rows evenly instead, over an input
+    /// encoded once.
     fn matmul_run(
         &mut self,
         ws: &[&CpuMatrix<'_>],
@@ -353,101 +407,71 @@ impl Cpu {
             1
         };
         let bad = |e| Error::Invalid(alloc::format!("{e}"));
-        if rows >= 4 * threads {
-            let per = rows.div_ceil(threads).next_multiple_of(4);
-            let mut shares: Vec<Share<'_>> = (0..rows.div_ceil(per))
-                .map(|t| Share {
-                    first: t * per,
-                    outs: Vec::with_capacity(ws.len()),
-                })
-                .collect();
-            for (w, out) in ws.iter().zip(outs.iter_mut()) {
-                let out = slice_mut(out, rows * w.rows(), "matmul output")?;
-                if w.rows() == 0 {
-                    // Nothing to write, but every share keeps one output per matrix.
-                    for share in &mut shares {
-                        share.outs.push(&mut []);
-                    }
-                    continue;
-                }
-                for (share, chunk) in shares.iter_mut().zip(out.chunks_mut(per * w.rows())) {
-                    share.outs.push(chunk);
-                }
-            }
-            if self.acts.len() < shares.len() {
-                self.acts.resize_with(shares.len(), Activations::default);
-            }
-            let parts: Vec<_> = shares.into_iter().zip(self.acts.iter_mut()).collect();
-            let isa = self.isa;
-            return self.pool.each(parts, |_, (share, acts)| {
-                let n = (rows - share.first).min(per);
-                acts.encode_part(
-                    isa,
-                    kind,
-                    &x[share.first * k..(share.first + n) * k],
-                    share.first..share.first + n,
-                    rows,
-                    k,
-                )
-                .map_err(bad)?;
-                let xs = (0..n)
-                    .map(|r| acts.row(r).ok_or_else(|| short("matmul activations", r, n)))
-                    .collect::<Result<Vec<_>>>()?;
-                let mut tile = vec![0f32; TILE * n];
-                let mut scratch = vec![0f32; if kind == ActKind::F32 { k } else { 0 }];
-                for (w, out) in ws.iter().zip(share.outs) {
-                    let m = w.rows();
-                    for start in (0..m).step_by(TILE) {
-                        let take = TILE.min(m - start);
-                        let bytes =
-                            &w.data.bytes[start * w.row_bytes..(start + take) * w.row_bytes];
-                        let tile = &mut tile[..take * n];
-                        isa.dot_block(w.dtype(), bytes, &xs, &mut scratch, tile)
-                            .map_err(|e| {
-                                Error::Invalid(alloc::format!("tensor {}: {e}", w.data.name))
-                            })?;
-                        for (r, line) in out.chunks_exact_mut(m).enumerate() {
-                            for (i, v) in line[start..start + take].iter_mut().enumerate() {
-                                *v = tile[i * n + r];
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            });
-        }
-        let mut offsets = Vec::with_capacity(ws.len());
-        let mut at = 0;
-        for w in ws {
-            offsets.push(at);
-            at += w.rows();
-        }
-        if self.acts.is_empty() {
-            self.acts.push(Activations::default());
-        }
-        self.acts[0]
-            .encode_part(self.isa, kind, x, 0..rows, rows, k)
-            .map_err(bad)?;
-        let acts = &self.acts[0];
-        let transposed = &mut self.transposed;
-        transposed.resize(total * rows, 0.0);
         let isa = self.isa;
-        self.pool
-            .split(threads > 1, transposed, rows, |first, chunk| {
-                let mut scratch = vec![0f32; if kind == ActKind::F32 { k } else { 0 }];
-                stacked_chunk(isa, ws, acts, rows, first, chunk, &mut scratch)
-            })?;
-        for ((w, &offset), out) in ws.iter().zip(&offsets).zip(outs.iter_mut()) {
-            let m = w.rows();
-            let out = slice_mut(out, rows * m, "matmul output")?;
-            let columns = &self.transposed[offset * rows..(offset + m) * rows];
-            for (j, col) in columns.chunks_exact(rows).enumerate() {
-                for (r, &v) in col.iter().enumerate() {
-                    out[r * m + j] = v;
-                }
-            }
+        // Encode: a batch of at least four rows per member is split between them, member `t`
+        // taking rows `t * per..` into its own buffer; anything smaller is encoded once.
+        let per = if rows >= 4 * threads {
+            rows.div_ceil(threads).next_multiple_of(4)
+        } else {
+            rows
+        };
+        let shares = rows.div_ceil(per);
+        if self.acts.len() < shares {
+            self.acts.resize_with(shares, Activations::default);
         }
-        Ok(())
+        let parts: Vec<_> = self.acts[..shares].iter_mut().enumerate().collect();
+        self.pool.each(parts, |_, (t, acts)| {
+            let first = t * per;
+            let n = (rows - first).min(per);
+            acts.encode_part(
+                isa,
+                kind,
+                &x[first * k..(first + n) * k],
+                first..first + n,
+                rows,
+                k,
+            )
+            .map_err(bad)
+        })?;
+        let xs = self.acts[..shares]
+            .iter()
+            .enumerate()
+            .flat_map(|(t, acts)| (0..(rows - t * per).min(per)).map(move |r| acts.row(r)))
+            .enumerate()
+            .map(|(r, row)| row.ok_or_else(|| short("matmul activations", r, rows)))
+            .collect::<Result<Vec<_>>>()?;
+        // Multiply: units of weight rows, claimed one at a time. A batch claims single tiles
+        // (each a long run of work); a few rows claim a few units per member.
+        let unit = if rows >= 4 * threads {
+            TILE
+        } else {
+            total
+                .div_ceil(threads * UNITS_PER_THREAD)
+                .next_multiple_of(TILE)
+        };
+        let mut columns = Vec::with_capacity(ws.len());
+        let mut units = Vec::new();
+        for (i, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+            columns.push(Columns::new(out, rows, w.rows())?);
+            units.extend((0..w.rows()).step_by(unit).map(|start| (i, start)));
+        }
+        let scratch = if kind == ActKind::F32 { k } else { 0 };
+        self.pool.claim(
+            threads > 1,
+            units.len(),
+            || (Vec::new(), vec![0f32; scratch]),
+            |(tile, scratch): &mut (Vec<f32>, Vec<f32>), u| {
+                let (i, start) = units[u];
+                let w = ws[i];
+                let take = unit.min(w.rows() - start);
+                tile.resize(take * rows, 0.0);
+                matmul_rows(isa, w, &xs, start, tile, scratch)?;
+                // SAFETY: every unit is claimed by exactly one member, and the units of one
+                // matrix cover disjoint columns of its output.
+                unsafe { columns[i].put(start, take, tile) };
+                Ok(())
+            },
+        )
     }
 }
 
@@ -563,8 +587,8 @@ impl Backend for Cpu {
         self.matmuls(&[w], x, rows, &mut [out])
     }
 
-    /// One encoding of the input for every matrix that reads it the same way, one split of all
-    /// their rows over the team, and a parallel, cache-blocked transpose into the outputs.
+    /// One encoding of the input for every matrix that reads it the same way, and the rows of
+    /// all of them claimed by the team as one pool of work.
     fn matmuls(
         &mut self,
         ws: &[&CpuMatrix<'_>],
@@ -818,9 +842,46 @@ mod tests {
         }
     }
 
-    /// Stacked products of ragged heights, split by weight rows (few input rows) and by input
-    /// rows (a batch), on one to three threads: every output equals the reference kernel's dot
-    /// of its weight row and input row, which the product must reproduce bit for bit.
+    /// Every unit runs exactly once whoever claims it, and an error stops the rest and comes
+    /// back to the caller.
+    #[test]
+    fn claimed_units_run_once_and_errors_come_back() {
+        use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        for threads in [1, 2, 4] {
+            let pool = Pool::new(threads);
+            for parallel in [false, true] {
+                let hits: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
+                pool.claim(parallel, hits.len(), Vec::<usize>::new, |mine, u| {
+                    mine.push(u);
+                    hits[u].fetch_add(1, Relaxed);
+                    Ok(())
+                })
+                .unwrap();
+                assert!(
+                    hits.iter().all(|h| h.load(Relaxed) == 1),
+                    "{threads} threads"
+                );
+                let failed = pool.claim(
+                    parallel,
+                    1000,
+                    || (),
+                    |_, u| match u {
+                        500 => Err(Error::Invalid("unit 500".into())),
+                        _ => Ok(()),
+                    },
+                );
+                assert!(
+                    matches!(&failed, Err(Error::Invalid(m)) if m == "unit 500"),
+                    "{failed:?}"
+                );
+            }
+        }
+    }
+
+    /// Stacked products of ragged heights, in small batches (a few claimed units of weight rows
+    /// per thread) and big ones (claimed tiles), on one to three threads: every output equals
+    /// the reference kernel's dot of its weight row and input row, which the product must
+    /// reproduce bit for bit.
     #[test]
     fn stacked_products_match_the_reference_on_every_split() {
         let mut rng = Rng::new(11);
