@@ -322,9 +322,15 @@ pub fn dot(
         (GgmlType::Q5_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q5_0),
         (GgmlType::Q4_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q4_0),
         (GgmlType::Q4_K, ActRow::Q8K(y, at)) => q4_k_repacked(row, y, at.in_group_of_four()),
-        (GgmlType::Q5_K, ActRow::Q8K(y, _)) => k_blocks(ty, row, y, dot_q5_k),
+        (GgmlType::Q5_K, ActRow::Q8K(y, _)) => {
+            let x: &[BlockQ5K] = weight_blocks(ty, row, y.len(), QK_K)?;
+            Ok(q5_k_fold(x, y, q5_k_ints))
+        }
         (GgmlType::Q6_K, ActRow::Q8K(y, at)) if at.tiled() => q6_k_tiled(row, y),
-        (GgmlType::Q6_K, ActRow::Q8K(y, _)) => k_lanes(ty, row, y, lanes_q6_k),
+        (GgmlType::Q6_K, ActRow::Q8K(y, _)) => {
+            let x: &[BlockQ6K] = weight_blocks(ty, row, y.len(), QK_K)?;
+            Ok(q6_k_fold(x, y, false, |a, b| lanes_q6_k(a, b).1))
+        }
         (GgmlType::F32, ActRow::F32(y)) => {
             if row.len() != y.len() * 4 {
                 return Err(mismatch(y.len()));
@@ -396,42 +402,6 @@ pub(crate) fn hsum8(a: &[f32; 8]) -> f32 {
     (h[0] + h[2]) + (h[1] + h[3])
 }
 
-#[inline(always)]
-fn k_blocks<B: Pod>(
-    ty: GgmlType,
-    row: &[u8],
-    y: &[BlockQ8K],
-    f: impl Fn(&B, &BlockQ8K, &mut [f32; 8]) -> f32,
-) -> Result<f32, QuantError> {
-    let x: &[B] = weight_blocks(ty, row, y.len(), QK_K)?;
-    let mut sums = [0.0f32; 8];
-    let mut sumf = 0.0f32;
-    for (a, b) in x.iter().zip(y) {
-        sumf += f(a, b, &mut sums);
-    }
-    Ok(sumf + sums.iter().sum::<f32>())
-}
-
-/// K-quant blocks summed as llama.cpp's x86 kernels do: per block a scale and eight integer lane
-/// sums, each lane accumulated with a fused multiply-add, then [`hsum8`].
-#[inline(always)]
-fn k_lanes<B: Pod>(
-    ty: GgmlType,
-    row: &[u8],
-    y: &[BlockQ8K],
-    f: impl Fn(&B, &BlockQ8K) -> (f32, [i32; 8]),
-) -> Result<f32, QuantError> {
-    let x: &[B] = weight_blocks(ty, row, y.len(), QK_K)?;
-    let mut acc = [0f32; 8];
-    for (a, b) in x.iter().zip(y) {
-        let (d, lanes) = f(a, b);
-        for (lane, &v) in acc.iter_mut().zip(&lanes) {
-            *lane = libm::fmaf(d, v as f32, *lane);
-        }
-    }
-    Ok(hsum8(&acc))
-}
-
 /// f32 dot with eight running sums, as ggml's vectorised `ggml_vec_dot_f32` keeps.
 #[inline(always)]
 pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
@@ -491,22 +461,6 @@ pub(crate) fn k4_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
         mins[j] = m;
     }
     (scales, mins)
-}
-
-/// The shared tail of the K-quant kernels: `aux8` holds the 256 unsigned levels, `scales` one
-/// scale per group of `256 / scales.len()`.
-#[inline(always)]
-fn k_sum(aux8: &[i8; QK_K], y: &BlockQ8K, scales: &[i32]) -> [i32; 8] {
-    let group = QK_K / scales.len();
-    let mut aux32 = [0i32; 8];
-    for (g, &scale) in scales.iter().enumerate() {
-        for c in (g * group..(g + 1) * group).step_by(8) {
-            for l in 0..8 {
-                aux32[l] += scale * (i32::from(y.qs[c + l]) * i32::from(aux8[c + l]));
-            }
-        }
-    }
-    aux32
 }
 
 /// A Q4_K row times a Q8_K row as llama.cpp's x86 build computes it: Q4_K weights are repacked
@@ -585,49 +539,54 @@ pub(crate) fn q4_k_fold(
     acc - acc_min
 }
 
-/// `ggml_vec_dot_q5_K_q8_K_generic`, one block.
+/// The exact integer side of `ggml_vec_dot_q5_K_q8_K_generic` for one block: eight lane sums,
+/// lane `l` taking the values whose index mod 8 is `l` at their unsigned level (0..31) times
+/// their group scale, and the mins times the activation's group sums.
 #[inline(always)]
-fn dot_q5_k(x: &BlockQ5K, y: &BlockQ8K, sums: &mut [f32; 8]) -> f32 {
-    let mut aux8 = [0i8; QK_K];
-    let mut m = 1u8;
+pub(crate) fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
+    let (scales, mins) = k4_scales_mins(&x.scales);
+    let mut lanes = [0i32; 8];
     for (j, q4) in x.qs.chunks_exact(32).enumerate() {
-        for l in 0..32 {
-            let hi = if x.qh[l] & m != 0 { 16 } else { 0 };
-            aux8[64 * j + l] = ((q4[l] & 0x0f) + hi) as i8;
+        for (half, &scale) in scales[2 * j..2 * j + 2].iter().enumerate() {
+            let g = 2 * j + half;
+            for (i, &q) in q4.iter().enumerate() {
+                let low = if half == 0 { q & 0x0f } else { q >> 4 };
+                let level = low | (((x.qh[i] >> g) & 1) << 4);
+                lanes[i % 8] += i32::from(scale) * i32::from(level) * i32::from(y.qs[32 * g + i]);
+            }
         }
-        m <<= 1;
-        for l in 0..32 {
-            let hi = if x.qh[l] & m != 0 { 16 } else { 0 };
-            aux8[64 * j + 32 + l] = ((q4[l] >> 4) + hi) as i8;
-        }
-        m <<= 1;
     }
-    k_quant_tail(&aux8, x.d, x.dmin, &x.scales, y, sums)
+    (lanes, q5_k_mins(&mins, y))
 }
 
+/// A Q5_K block's mins times the activation block's group sums (the same exact total as
+/// [`q4_k_corrections`]).
 #[inline(always)]
-fn k_quant_tail(
-    aux8: &[i8; QK_K],
-    d: [u8; 2],
-    dmin: [u8; 2],
-    packed: &[u8; 12],
-    y: &BlockQ8K,
-    sums: &mut [f32; 8],
+pub(crate) fn q5_k_mins(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
+    q4_k_corrections(mins, y).iter().sum()
+}
+
+/// The float side of `ggml_vec_dot_q5_K_q8_K_generic` over the integer parts from `ints` (which
+/// any kernel may compute, being exact): each lane scaled and added to its own sum (not fused),
+/// the mins subtracted block by block.
+#[inline(always)]
+pub(crate) fn q5_k_fold(
+    x: &[BlockQ5K],
+    y: &[BlockQ8K],
+    ints: impl Fn(&BlockQ5K, &BlockQ8K) -> ([i32; 8], i32),
 ) -> f32 {
-    let (scales, mins) = k4_scales_mins(packed);
-    let sumi: i32 = y
-        .bsums
-        .iter()
-        .enumerate()
-        .map(|(j, &b)| i32::from(b) * i32::from(mins[j / 2]))
-        .sum();
-    let aux32 = k_sum(aux8, y, &scales.map(i32::from));
-    let d = f16_to_f32(d) * y.d;
-    for l in 0..8 {
-        sums[l] += d * aux32[l] as f32;
+    let mut sums = [0f32; 8];
+    let mut sumf = 0f32;
+    for (a, b) in x.iter().zip(y) {
+        let (lanes, sumi) = ints(a, b);
+        let d = f16_to_f32(a.d) * b.d;
+        for (sum, &v) in sums.iter_mut().zip(&lanes) {
+            *sum += d * v as f32;
+        }
+        let dmin = f16_to_f32(a.dmin) * b.d;
+        sumf += -dmin * sumi as f32;
     }
-    let dmin = f16_to_f32(dmin) * y.d;
-    -dmin * sumi as f32
+    sumf + sums.iter().sum::<f32>()
 }
 
 /// `ggml_vec_dot_q6_K_q8_K` as llama.cpp's x86 build computes it, one block: the scale and eight
@@ -667,7 +626,7 @@ fn q6_k_tiled(row: &[u8], y: &[BlockQ8K]) -> Result<f32, QuantError> {
 
 /// The float side of the Q6_K dot products over the lane sums of [`lanes_q6_k`] (from `lanes`,
 /// which any kernel may compute, being exact): [`q6_k_tiled`]'s when `tiled`, else
-/// [`k_lanes`]'s.
+/// eight lane sums fused each into its own accumulator and folded by [`hsum8`].
 #[inline(always)]
 pub(crate) fn q6_k_fold(
     x: &[BlockQ6K],

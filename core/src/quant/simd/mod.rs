@@ -61,6 +61,10 @@ trait RowKernels {
     fn q4_k(w: &[super::blocks::BlockQ4K], y: &[super::dot::BlockQ8K], grouped: bool) -> f32 {
         super::dot::q4_k_fold(w, y, grouped, super::dot::q4_k_ints)
     }
+    /// Q5_K (`dot::q5_k_fold`).
+    fn q5_k(w: &[super::blocks::BlockQ5K], y: &[super::dot::BlockQ8K]) -> f32 {
+        super::dot::q5_k_fold(w, y, super::dot::q5_k_ints)
+    }
     /// Q6_K tiled or in lanes (`dot::q6_k_fold`).
     fn q6_k(w: &[super::blocks::BlockQ6K], y: &[super::dot::BlockQ8K], tiled: bool) -> f32 {
         super::dot::q6_k_fold(w, y, tiled, |a, b| super::dot::lanes_q6_k(a, b).1)
@@ -104,6 +108,13 @@ fn rows<K: RowKernels>(
                 super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK_K)?;
             for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
                 *o = K::q4_k(row, y, at.in_group_of_four());
+            }
+        }
+        (GgmlType::Q5_K, ActRow::Q8K(y, _)) if !y.is_empty() => {
+            let w: &[super::blocks::BlockQ5K] =
+                super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK_K)?;
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+                *o = K::q5_k(row, y);
             }
         }
         (GgmlType::Q6_K, ActRow::Q8K(y, at)) if !y.is_empty() => {

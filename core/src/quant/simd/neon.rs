@@ -4,7 +4,7 @@
 //! `float32x4_t`), its fused multiply-adds (`vfmaq_f32`) and its final reduction.
 //!
 //! The K-quants compute their exact integer parts here and share the reference's float side.
-//! Types and operations without a kernel here (Q4_1, Q5_1, Q5_K, f16, attention, SiLU) run the
+//! Types and operations without a kernel here (Q4_1, Q5_1, f16, attention, SiLU) run the
 //! reference.
 
 use core::arch::aarch64::*;
@@ -222,6 +222,53 @@ fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
     lanes8
 }
 
+/// `dot::q5_k_ints`: lane `l` of the result sums the values whose index mod 8 is `l`.
+#[inline(always)]
+fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
+    let (scales, mins) = k4_scales_mins(&x.scales);
+    let mut lanes8 = [0i32; 8];
+    // SAFETY: NEON is part of aarch64; every load reads 16 bytes inside its block.
+    unsafe {
+        // Lanes 0..4 and 4..8.
+        let mut acc = [vdupq_n_s32(0); 2];
+        for j in 0..4 {
+            // Values 16h..16h + 16 of groups 2j (low nibbles) and 2j + 1 (high nibbles); 16h
+            // is a multiple of 8, so each value keeps its lane.
+            for h in 0..2 {
+                let q4 = vld1q_u8(x.qs[32 * j + 16 * h..].as_ptr());
+                let qh = vld1q_u8(x.qh[16 * h..].as_ptr());
+                for (half, &scale) in scales[2 * j..2 * j + 2].iter().enumerate() {
+                    let g = 2 * j + half;
+                    let low = if half == 0 {
+                        vandq_u8(q4, vdupq_n_u8(0x0f))
+                    } else {
+                        vshrq_n_u8(q4, 4)
+                    };
+                    let fifth = vandq_u8(vtstq_u8(qh, vdupq_n_u8(1 << g)), vdupq_n_u8(16));
+                    let level = vorrq_u8(low, fifth);
+                    let a = load16(&y.qs[32 * g + 16 * h..]);
+                    // Levels below 32 times i8 fit i16: values 0..8, then 8..16.
+                    let p0 = vmulq_s16(
+                        vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(level))),
+                        vmovl_s8(vget_low_s8(a)),
+                    );
+                    let p1 = vmulq_s16(
+                        vreinterpretq_s16_u16(vmovl_high_u8(level)),
+                        vmovl_high_s8(a),
+                    );
+                    let s0 = vaddl_s16(vget_low_s16(p0), vget_low_s16(p1));
+                    let s1 = vaddl_high_s16(p0, p1);
+                    acc[0] = vmlaq_n_s32(acc[0], s0, i32::from(scale));
+                    acc[1] = vmlaq_n_s32(acc[1], s1, i32::from(scale));
+                }
+            }
+        }
+        vst1q_s32(lanes8.as_mut_ptr(), acc[0]);
+        vst1q_s32(lanes8.as_mut_ptr().add(4), acc[1]);
+    }
+    (lanes8, super::super::dot::q5_k_mins(&mins, y))
+}
+
 /// This level's kernels for the shared row loop.
 pub(super) struct Kernels;
 
@@ -240,6 +287,9 @@ impl super::RowKernels for Kernels {
     }
     fn q4_k(w: &[BlockQ4K], y: &[BlockQ8K], grouped: bool) -> f32 {
         super::super::dot::q4_k_fold(w, y, grouped, q4_k_ints)
+    }
+    fn q5_k(w: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+        super::super::dot::q5_k_fold(w, y, q5_k_ints)
     }
     fn q6_k(w: &[BlockQ6K], y: &[BlockQ8K], tiled: bool) -> f32 {
         super::super::dot::q6_k_fold(w, y, tiled, q6_k_lanes)

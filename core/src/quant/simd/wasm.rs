@@ -7,7 +7,7 @@
 //! that to f32 is then the correctly rounded fused result.
 //!
 //! The K-quants compute their exact integer parts here and share the reference's float side.
-//! Types and operations without a kernel here (Q4_1, Q5_1, Q5_K, f16, attention, SiLU) run the
+//! Types and operations without a kernel here (Q4_1, Q5_1, f16, attention, SiLU) run the
 //! reference.
 
 use core::arch::wasm32::*;
@@ -255,6 +255,51 @@ fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
     lanes
 }
 
+/// `dot::q5_k_ints`: lane `l` of the result sums the values whose index mod 8 is `l`.
+#[inline(always)]
+fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
+    let (scales, mins) = k4_scales_mins(&x.scales);
+    let ys: &[u8] = bytemuck::cast_slice(&y.qs);
+    // Lanes 0..4 and 4..8.
+    let mut acc = [i32x4_splat(0); 2];
+    for j in 0..4 {
+        // Values 16h..16h + 16 of groups 2j (low nibbles) and 2j + 1 (high nibbles); 16h is a
+        // multiple of 8, so each value keeps its lane.
+        for h in 0..2 {
+            let q4 = load16(&x.qs[32 * j + 16 * h..]);
+            let qh = load16(&x.qh[16 * h..]);
+            for (half, &scale) in scales[2 * j..2 * j + 2].iter().enumerate() {
+                let g = 2 * j + half;
+                let low = if half == 0 {
+                    v128_and(q4, u8x16_splat(0x0f))
+                } else {
+                    u8x16_shr(q4, 4)
+                };
+                let bit = u8x16_splat(1 << g);
+                let fifth = v128_and(i8x16_eq(v128_and(qh, bit), bit), u8x16_splat(16));
+                let level = v128_or(low, fifth);
+                let a = load16(&ys[32 * g + 16 * h..]);
+                // Levels below 32 times i8 fit i16: values 0..8, then 8..16.
+                let p0 = i16x8_mul(u16x8_extend_low_u8x16(level), i16x8_extend_low_i8x16(a));
+                let p1 = i16x8_mul(u16x8_extend_high_u8x16(level), i16x8_extend_high_i8x16(a));
+                let s0 = i32x4_add(i32x4_extend_low_i16x8(p0), i32x4_extend_low_i16x8(p1));
+                let s1 = i32x4_add(i32x4_extend_high_i16x8(p0), i32x4_extend_high_i16x8(p1));
+                let scale = i32x4_splat(i32::from(scale));
+                acc[0] = i32x4_add(acc[0], i32x4_mul(s0, scale));
+                acc[1] = i32x4_add(acc[1], i32x4_mul(s1, scale));
+            }
+        }
+    }
+    let mut lanes = [0i32; 8];
+    for (k, acc) in acc.iter().enumerate() {
+        lanes[4 * k] = i32x4_extract_lane::<0>(*acc);
+        lanes[4 * k + 1] = i32x4_extract_lane::<1>(*acc);
+        lanes[4 * k + 2] = i32x4_extract_lane::<2>(*acc);
+        lanes[4 * k + 3] = i32x4_extract_lane::<3>(*acc);
+    }
+    (lanes, super::super::dot::q5_k_mins(&mins, y))
+}
+
 impl super::RowKernels for Kernels {
     fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
         legacy(w, y)
@@ -270,6 +315,9 @@ impl super::RowKernels for Kernels {
     }
     fn q4_k(w: &[BlockQ4K], y: &[BlockQ8K], grouped: bool) -> f32 {
         super::super::dot::q4_k_fold(w, y, grouped, q4_k_ints)
+    }
+    fn q5_k(w: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+        super::super::dot::q5_k_fold(w, y, q5_k_ints)
     }
     fn q6_k(w: &[BlockQ6K], y: &[BlockQ8K], tiled: bool) -> f32 {
         super::super::dot::q6_k_fold(w, y, tiled, q6_k_lanes)

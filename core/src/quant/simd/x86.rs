@@ -12,7 +12,9 @@ use core::arch::x86_64::*;
 use alloc::vec::Vec;
 
 use super::super::blocks::*;
-use super::super::dot::{ActRow, BatchRow, BlockQ8K, hsum8, k4_scales_mins, weight_blocks};
+use super::super::dot::{
+    ActRow, BatchRow, BlockQ8K, hsum8, k4_scales_mins, q5_k_fold, q5_k_mins, weight_blocks,
+};
 use super::super::{QK, QK_K, QuantError, vec};
 use crate::dtype::GgmlType;
 
@@ -563,6 +565,57 @@ macro_rules! simd_level {
                 }
             }
 
+            /// `dot::q5_k_ints`: lane `l` of the result sums the values whose index mod 8 is
+            /// `l`, so the products are widened to i32 eight values at a time rather than
+            /// summed in pairs.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
+                let (scales, mins) = k4_scales_mins(&x.scales);
+                let qh = load32(&x.qh);
+                let mut acc = _mm256_setzero_si256();
+                for (j, q4) in x.qs.chunks_exact(32).enumerate() {
+                    let q4 = load32(q4.try_into().expect("32 bytes"));
+                    for (half, &scale) in scales[2 * j..2 * j + 2].iter().enumerate() {
+                        let g = 2 * j + half;
+                        let low = if half == 0 { q4 } else { _mm256_srli_epi16(q4, 4) };
+                        let low = _mm256_and_si256(low, _mm256_set1_epi8(0x0f));
+                        let bit = _mm256_set1_epi8((1u8 << g) as i8);
+                        let fifth = _mm256_and_si256(
+                            _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit),
+                            _mm256_set1_epi8(16),
+                        );
+                        let level = _mm256_or_si256(low, fifth);
+                        let a = load32(y.qs[32 * g..32 * g + 32].try_into().expect("32 bytes"));
+                        // Levels below 32 times i8 fit i16: values 0..16, then 16..32.
+                        let product = |k: i32| {
+                            let (l, a) = if k == 0 {
+                                (_mm256_castsi256_si128(level), _mm256_castsi256_si128(a))
+                            } else {
+                                (_mm256_extracti128_si256(level, 1), _mm256_extracti128_si256(a, 1))
+                            };
+                            _mm256_mullo_epi16(_mm256_cvtepu8_epi16(l), _mm256_cvtepi8_epi16(a))
+                        };
+                        let (p0, p1) = (product(0), product(1));
+                        let wide = |p: __m256i| {
+                            _mm256_add_epi32(
+                                _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)),
+                                _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1)),
+                            )
+                        };
+                        let sum = _mm256_add_epi32(wide(p0), wide(p1));
+                        acc = _mm256_add_epi32(
+                            acc,
+                            _mm256_mullo_epi32(sum, _mm256_set1_epi32(i32::from(scale))),
+                        );
+                    }
+                }
+                let mut lanes = [0i32; 8];
+                // SAFETY: `lanes` holds eight i32.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
+                (lanes, q5_k_mins(&mins, y))
+            }
+
             /// `q4_k_repacked`: per block the scaled level sums and min corrections of each
             /// pair of groups (64 values), summed in `gemm` pairs or whole.
             #[target_feature(enable = $features)]
@@ -837,6 +890,12 @@ macro_rules! simd_level {
                         let w: &[BlockQ4K] = weight_blocks(ty, bytes, y.len() * rows, QK_K)?;
                         for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len().max(1))) {
                             *o = q4_k(row, y, at.in_group_of_four());
+                        }
+                    }
+                    (GgmlType::Q5_K, ActRow::Q8K(y, _)) => {
+                        let w: &[BlockQ5K] = weight_blocks(ty, bytes, y.len() * rows, QK_K)?;
+                        for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len().max(1))) {
+                            *o = q5_k_fold(row, y, |a, b| q5_k_ints(a, b));
                         }
                     }
                     (GgmlType::Q6_K, ActRow::Q8K(y, at)) => {
