@@ -2,20 +2,21 @@
 //! matrix multiply in the model.
 //!
 //! Like llama.cpp's CPU backend, activations are first quantized to the weight type's partner
-//! (`vec_dot_type`): Q8_0 for Q4_0, Q5_0 and Q8_0 weights, Q8_K for the K-quants Q4_K, Q5_K and
-//! Q6_K. The dot product then runs on integers block by block, which is both what makes it fast
-//! and what makes its logits agree with llama.cpp's. Every other weight type (F32, and F16, BF16,
-//! Q4_1, Q5_1, Q2_K, Q3_K, decoded to f32 first) takes f32 activations.
+//! (`vec_dot_type`): Q8_0 for Q4_0, Q5_0 and Q8_0 weights, Q8_1 for Q4_1 and Q5_1, Q8_K for the
+//! K-quants Q4_K, Q5_K and Q6_K. The dot product then runs on integers block by block, which is
+//! both what makes it fast and what makes its logits agree with llama.cpp's. Every other weight
+//! type (F32, and F16, BF16, Q2_K, Q3_K, decoded to f32 first) takes f32 activations.
 //!
 //! The integer sums are exact. The float side follows llama.cpp's x86 build operation for
 //! operation, because Qwen2's outlier activations turn a one-ulp difference into a different
-//! quantized level a few layers later: Q4_0/Q5_0/Q8_0 and Q6_K keep eight lane sums per block
-//! and fuse each into its own accumulator (`_mm256_fmadd_ps`, then `hsum_float_8`), Q6_K in
-//! batches of eight rows or more follows the tiled K-quant multiply, Q4_K the repacked
-//! `gemm`/`gemv` kernels, and Q8_0 activations round half to even with `127 / max`. Which kernel
-//! llama.cpp picks depends on the batch, so each activation row carries its [`BatchRow`].
-//! Q5_K keeps the order of `ggml_vec_dot_q5_K_q8_K_generic`. The order is fixed here, so every
-//! platform computes the same values.
+//! quantized level a few layers later: Q4_0/Q5_0/Q8_0, Q4_1/Q5_1 and Q6_K keep eight lane sums
+//! per block and fuse each into its own accumulator (`_mm256_fmadd_ps`, then `hsum_float_8`;
+//! Q4_1/Q5_1 add their minimum times the activation's `s` apart), Q6_K in batches of eight rows
+//! or more follows the tiled K-quant multiply, Q4_K the repacked `gemm`/`gemv` kernels, and
+//! Q8_0/Q8_1 activations round half to even with `127 / max`. Which kernel llama.cpp picks
+//! depends on the batch, so each activation row carries its [`BatchRow`]. Q5_K keeps the order
+//! of `ggml_vec_dot_q5_K_q8_K_generic`. The order is fixed here, so every platform computes the
+//! same values.
 
 use alloc::vec::Vec;
 
@@ -47,6 +48,9 @@ pub enum ActKind {
     F32,
     /// Blocks of 32 as [`BlockQ8_0`].
     Q8_0,
+    /// `block_q8_1`: blocks of 32 as [`BlockQ8_0`], each with its scale times the sum of its
+    /// values (the partner of the offset types Q4_1 and Q5_1).
+    Q8_1,
     /// Super-blocks of 256 as [`BlockQ8K`].
     Q8K,
 }
@@ -57,6 +61,7 @@ impl ActKind {
     pub const fn for_weight(ty: GgmlType) -> Self {
         match ty {
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4_1 | GgmlType::Q5_1 => Self::Q8_1,
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => Self::Q8K,
             _ => Self::F32,
         }
@@ -70,6 +75,9 @@ pub enum ActRow<'a> {
     F32(&'a [f32]),
     /// Q8_0 blocks, with what the SIMD kernels precompute from them.
     Q8_0(&'a [BlockQ8_0], Q8Sums<'a>),
+    /// Q8_1 blocks: the values and scale as [`BlockQ8_0`], and per block `s` (the scale times
+    /// the values' sum, stored as f16 by llama.cpp) as f32.
+    Q8_1(&'a [BlockQ8_0], &'a [f32]),
     /// Q8_K super-blocks, and where the row sits in its batch: llama.cpp picks its K-quant
     /// kernel by batch size, and each sums in its own order.
     Q8K(&'a [BlockQ8K], BatchRow),
@@ -125,6 +133,7 @@ pub struct Activations {
     q8_0: Vec<BlockQ8_0>,
     q8_d: Vec<f32>,
     q8_sums: Vec<[i32; 8]>,
+    q8_1s: Vec<f32>,
     q8k: Vec<BlockQ8K>,
 }
 
@@ -184,6 +193,12 @@ impl Activations {
                 self.q8_sums.resize(blocks, [0; 8]);
                 isa.quantize_q8_0(x, &mut self.q8_0, &mut self.q8_d, &mut self.q8_sums);
             }
+            ActKind::Q8_1 => {
+                let blocks = rows * whole_blocks(GgmlType::Q4_1, cols, QK)?;
+                self.q8_0.resize(blocks, BlockQ8_0::zeroed());
+                self.q8_1s.resize(blocks, 0.0);
+                quantize_q8_1_rows(x, &mut self.q8_0, &mut self.q8_1s);
+            }
             ActKind::Q8K => {
                 let per_row = whole_blocks(GgmlType::Q4_K, cols, QK_K)?;
                 self.q8k.resize(rows * per_row, BlockQ8K::zeroed());
@@ -211,6 +226,12 @@ impl Activations {
                     minus128: self.q8_sums.get(range.clone())?,
                 };
                 self.q8_0.get(range).map(|b| ActRow::Q8_0(b, sums))
+            }
+            ActKind::Q8_1 => {
+                let n = c / QK;
+                let range = r * n..(r + 1) * n;
+                let s = self.q8_1s.get(range.clone())?;
+                self.q8_0.get(range).map(|b| ActRow::Q8_1(b, s))
             }
             ActKind::Q8K => {
                 let n = c / QK_K;
@@ -270,6 +291,25 @@ pub fn quantize_q8_0_rows(
     }
 }
 
+/// `quantize_row_q8_1` as llama.cpp's x86 build runs it: the values as [`quantize_q8_0_act`]
+/// makes them, and the returned `s`, the f32 scale (before its rounding to f16) times the
+/// values' sum, rounded to f16.
+pub fn quantize_q8_1_act(x: &[f32; QK], y: &mut BlockQ8_0) -> f32 {
+    quantize_q8_0_act(x, y);
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let sum: i32 = y.qs.iter().map(|&q| i32::from(q)).sum();
+    f16_to_f32(super::f32_to_f16(amax / 127.0 * sum as f32))
+}
+
+/// [`quantize_q8_1_act`] for every block of `x` into `y` and `s`.
+pub fn quantize_q8_1_rows(x: &[f32], y: &mut [BlockQ8_0], s: &mut [f32]) {
+    for ((src, dst), s) in x.chunks_exact(QK).zip(y).zip(s) {
+        if let Ok(src) = <&[f32; QK]>::try_from(src) {
+            *s = quantize_q8_1_act(src, dst);
+        }
+    }
+}
+
 /// [`quantize_q8_k`] for every block of `x` into `y`.
 pub fn quantize_q8_k_rows(x: &[f32], y: &mut [BlockQ8K]) {
     for (src, dst) in x.chunks_exact(QK_K).zip(y) {
@@ -321,6 +361,18 @@ pub fn dot(
         (GgmlType::Q8_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q8_0),
         (GgmlType::Q5_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q5_0),
         (GgmlType::Q4_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q4_0),
+        (GgmlType::Q4_1, ActRow::Q8_1(y, s)) => {
+            let x: &[BlockQ4_1] = weight_blocks(ty, row, y.len(), QK)?;
+            Ok(offset_fold(x, y, s, |b, a| {
+                (b.d, b.m, lanes_q8(&levels_q4_1(b), &a.qs))
+            }))
+        }
+        (GgmlType::Q5_1, ActRow::Q8_1(y, s)) => {
+            let x: &[BlockQ5_1] = weight_blocks(ty, row, y.len(), QK)?;
+            Ok(offset_fold(x, y, s, |b, a| {
+                (b.d, b.m, lanes_q8(&levels_q5_1(b), &a.qs))
+            }))
+        }
         (GgmlType::Q4_K, ActRow::Q8K(y, at)) => q4_k_repacked(row, y, at.in_group_of_four()),
         (GgmlType::Q5_K, ActRow::Q8K(y, _)) => {
             let x: &[BlockQ5K] = weight_blocks(ty, row, y.len(), QK_K)?;
@@ -350,7 +402,7 @@ pub fn dot(
             super::dequantize(ty, row, w)?;
             Ok(dot_f32(w, y))
         }
-        (_, ActRow::Q8_0(y, _)) => Err(mismatch(y.len() * QK)),
+        (_, ActRow::Q8_0(y, _) | ActRow::Q8_1(y, _)) => Err(mismatch(y.len() * QK)),
         (_, ActRow::Q8K(y, _)) => Err(mismatch(y.len() * QK_K)),
     }
 }
@@ -449,6 +501,63 @@ fn unpack_q5_0(x: &BlockQ5_0) -> (f32, [i8; QK]) {
         q[j + QK / 2] = ((x.qs[j] >> 4) | h1) as i8 - 16;
     }
     (f16_to_f32(x.d), q)
+}
+
+/// A Q4_1 block's 32 unsigned levels (low nibbles first).
+#[inline(always)]
+pub(crate) fn levels_q4_1(x: &BlockQ4_1) -> [u8; QK] {
+    core::array::from_fn(|i| {
+        let b = x.qs[i % (QK / 2)];
+        if i < QK / 2 { b & 0x0f } else { b >> 4 }
+    })
+}
+
+/// A Q5_1 block's 32 unsigned levels, the fifth bits from `qh`.
+#[inline(always)]
+pub(crate) fn levels_q5_1(x: &BlockQ5_1) -> [u8; QK] {
+    let qh = u32::from_le_bytes(x.qh);
+    let low = levels_q4_1(&BlockQ4_1 {
+        d: x.d,
+        m: x.m,
+        qs: x.qs,
+    });
+    core::array::from_fn(|i| low[i] | ((((qh >> i) & 1) << 4) as u8))
+}
+
+/// The eight lane sums of unsigned levels times signed values: lane `l` sums values
+/// `4l..4l + 4`.
+#[inline(always)]
+pub(crate) fn lanes_q8(levels: &[u8; QK], qs: &[i8; QK]) -> [i32; 8] {
+    core::array::from_fn(|l| {
+        (4 * l..4 * l + 4)
+            .map(|i| i32::from(levels[i]) * i32::from(qs[i]))
+            .sum()
+    })
+}
+
+/// `ggml_vec_dot_q4_1_q8_1` and `ggml_vec_dot_q5_1_q8_1` as llama.cpp's x86 build computes
+/// them, over blocks whose scale, minimum and eight integer lane sums `parts` gives (which any
+/// kernel may compute, the sums being exact): per block each lane fused with the product of
+/// the two scales, and the minimum times the activation's `s` added to a separate sum (exact,
+/// both being f16), which joins the lanes' [`hsum8`] at the end.
+#[inline(always)]
+pub(crate) fn offset_fold<B>(
+    x: &[B],
+    y: &[BlockQ8_0],
+    s: &[f32],
+    parts: impl Fn(&B, &BlockQ8_0) -> ([u8; 2], [u8; 2], [i32; 8]),
+) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for ((b, a), &s) in x.iter().zip(y).zip(s) {
+        let (d, m, lanes) = parts(b, a);
+        summs += f16_to_f32(m) * s;
+        let d = f16_to_f32(d) * f16_to_f32(a.d);
+        for (acc, &v) in acc.iter_mut().zip(&lanes) {
+            *acc = libm::fmaf(d, v as f32, *acc);
+        }
+    }
+    hsum8(&acc) + summs
 }
 
 /// The 8 six-bit scales and 8 mins of a Q4_K/Q5_K block, unpacked as the ggml kernels do.
@@ -710,7 +819,7 @@ mod tests {
                 // The activation side as the kernel sees it.
                 let xd: Vec<f32> = match acts.row(0).unwrap() {
                     ActRow::F32(v) => v.to_vec(),
-                    ActRow::Q8_0(b, _) => {
+                    ActRow::Q8_0(b, _) | ActRow::Q8_1(b, _) => {
                         let mut v = vec![0f32; n];
                         dequantize(Q8_0, as_bytes(b), &mut v).unwrap();
                         v
@@ -720,11 +829,21 @@ mod tests {
                         .flat_map(|b| b.qs.iter().map(move |&q| f32::from(q) * b.d))
                         .collect(),
                 };
-                let want: f64 = wd
+                let mut want: f64 = wd
                     .iter()
                     .zip(&xd)
                     .map(|(a, b)| f64::from(*a) * f64::from(*b))
                     .sum();
+                if let ActRow::Q8_1(b, s) = acts.row(0).unwrap() {
+                    // The minimum meets each block's `s` (its sum scaled before the scale's
+                    // rounding to f16, and rounded to f16 itself), not the decoded values.
+                    let block = wq.len() / b.len();
+                    for ((b, &s), w) in b.iter().zip(s).zip(wq.chunks_exact(block)) {
+                        let m = f64::from(f16_to_f32([w[2], w[3]]));
+                        let sum: f64 = b.qs.iter().map(|&q| f64::from(q)).sum();
+                        want += m * (f64::from(s) - f64::from(f16_to_f32(b.d)) * sum);
+                    }
+                }
                 let mut scratch = vec![0f32; n];
                 let scale: f64 = wd
                     .iter()

@@ -61,6 +61,26 @@ trait RowKernels {
     fn q4_k(w: &[super::blocks::BlockQ4K], y: &[super::dot::BlockQ8K], grouped: bool) -> f32 {
         super::dot::q4_k_fold(w, y, grouped, super::dot::q4_k_ints)
     }
+    /// Q4_1 against Q8_1 (`dot::offset_fold`).
+    fn q4_1(w: &[super::blocks::BlockQ4_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
+        super::dot::offset_fold(w, y, s, |b, a| {
+            (
+                b.d,
+                b.m,
+                super::dot::lanes_q8(&super::dot::levels_q4_1(b), &a.qs),
+            )
+        })
+    }
+    /// Q5_1 against Q8_1 (`dot::offset_fold`).
+    fn q5_1(w: &[super::blocks::BlockQ5_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
+        super::dot::offset_fold(w, y, s, |b, a| {
+            (
+                b.d,
+                b.m,
+                super::dot::lanes_q8(&super::dot::levels_q5_1(b), &a.qs),
+            )
+        })
+    }
     /// Q5_K (`dot::q5_k_fold`).
     fn q5_k(w: &[super::blocks::BlockQ5K], y: &[super::dot::BlockQ8K]) -> f32 {
         super::dot::q5_k_fold(w, y, super::dot::q5_k_ints)
@@ -103,6 +123,20 @@ fn rows<K: RowKernels>(
         (GgmlType::Q8_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q8_0)?,
         (GgmlType::Q5_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q5_0)?,
         (GgmlType::Q4_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q4_0)?,
+        (GgmlType::Q4_1, ActRow::Q8_1(y, s)) if !y.is_empty() && s.len() == y.len() => {
+            let w: &[super::blocks::BlockQ4_1] =
+                super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK)?;
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+                *o = K::q4_1(row, y, s);
+            }
+        }
+        (GgmlType::Q5_1, ActRow::Q8_1(y, s)) if !y.is_empty() && s.len() == y.len() => {
+            let w: &[super::blocks::BlockQ5_1] =
+                super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK)?;
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+                *o = K::q5_1(row, y, s);
+            }
+        }
         (GgmlType::Q4_K, ActRow::Q8K(y, at)) if !y.is_empty() => {
             let w: &[super::blocks::BlockQ4K] =
                 super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK_K)?;

@@ -4,8 +4,7 @@
 //! `float32x4_t`), its fused multiply-adds (`vfmaq_f32`) and its final reduction.
 //!
 //! The K-quants compute their exact integer parts here and share the reference's float side.
-//! Types and operations without a kernel here (Q4_1, Q5_1, f16, attention, SiLU) run the
-//! reference.
+//! Types and operations without a kernel here (f16, bf16, attention, SiLU) run the reference.
 
 use core::arch::aarch64::*;
 
@@ -105,6 +104,55 @@ impl Unpack for BlockQ5_0 {
             ]
         }
     }
+}
+
+/// Q4_1's 32 levels (0..15, which fit i8).
+#[inline(always)]
+fn levels_q4_1(b: &BlockQ4_1) -> [int8x16_t; 2] {
+    // SAFETY: NEON is part of aarch64.
+    nibbles(&b.qs).map(|v| unsafe { vreinterpretq_s8_u8(v) })
+}
+
+/// Q5_1's 32 levels (0..31, which fit i8), the fifth bits spread as for Q5_0.
+#[inline(always)]
+fn levels_q5_1(b: &BlockQ5_1) -> [int8x16_t; 2] {
+    let [lo, hi] = nibbles(&b.qs);
+    let qh = u32::from_le_bytes(b.qh);
+    let spread = |bits: u32| -> uint8x16_t {
+        let lo = super::Q5_SPREAD[(bits & 0xff) as usize];
+        let hi = super::Q5_SPREAD[((bits >> 8) & 0xff) as usize];
+        // SAFETY: NEON is part of aarch64.
+        unsafe { vcombine_u8(vcreate_u8(lo), vcreate_u8(hi)) }
+    };
+    // SAFETY: NEON is part of aarch64.
+    unsafe {
+        [
+            vreinterpretq_s8_u8(vorrq_u8(lo, spread(qh & 0xffff))),
+            vreinterpretq_s8_u8(vorrq_u8(hi, spread(qh >> 16))),
+        ]
+    }
+}
+
+/// `dot::offset_fold` over this level's integer lanes; `parts` gives a block's scale, minimum
+/// and levels.
+#[inline(always)]
+fn offset<B>(
+    w: &[B],
+    y: &[BlockQ8_0],
+    s: &[f32],
+    parts: impl Fn(&B) -> ([u8; 2], [u8; 2], [int8x16_t; 2]),
+) -> f32 {
+    super::super::dot::offset_fold(w, y, s, |b, a| {
+        let (d, m, levels) = parts(b);
+        let sums = lanes(levels, [load16(&a.qs[..16]), load16(&a.qs[16..])]);
+        let mut out = [0i32; 8];
+        // SAFETY: NEON is part of aarch64; `out` holds eight i32.
+        unsafe {
+            vst1q_s32(out.as_mut_ptr(), sums[0]);
+            vst1q_s32(out.as_mut_ptr().add(4), sums[1]);
+        }
+        (d, m, out)
+    })
 }
 
 /// `dot::blocks` for one weight row.
@@ -287,6 +335,12 @@ impl super::RowKernels for Kernels {
     }
     fn q4_k(w: &[BlockQ4K], y: &[BlockQ8K], grouped: bool) -> f32 {
         super::super::dot::q4_k_fold(w, y, grouped, q4_k_ints)
+    }
+    fn q4_1(w: &[BlockQ4_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
+        offset(w, y, s, |b| (b.d, b.m, levels_q4_1(b)))
+    }
+    fn q5_1(w: &[BlockQ5_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
+        offset(w, y, s, |b| (b.d, b.m, levels_q5_1(b)))
     }
     fn q5_k(w: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
         super::super::dot::q5_k_fold(w, y, q5_k_ints)

@@ -7,8 +7,7 @@
 //! that to f32 is then the correctly rounded fused result.
 //!
 //! The K-quants compute their exact integer parts here and share the reference's float side.
-//! Types and operations without a kernel here (Q4_1, Q5_1, f16, attention, SiLU) run the
-//! reference.
+//! Types and operations without a kernel here (f16, bf16, attention, SiLU) run the reference.
 
 use core::arch::wasm32::*;
 
@@ -110,17 +109,11 @@ impl Unpack for BlockQ5_0 {
     #[inline(always)]
     fn values(&self) -> [v128; 2] {
         let [lo, hi] = nibbles(&self.qs);
-        let qh = u32::from_le_bytes(self.qh);
-        let spread = |bits: u32| {
-            u64x2(
-                super::Q5_SPREAD[(bits & 0xff) as usize],
-                super::Q5_SPREAD[((bits >> 8) & 0xff) as usize],
-            )
-        };
+        let [bits_lo, bits_hi] = fifth_bits(self.qh);
         let sixteen = i8x16_splat(16);
         [
-            i8x16_sub(v128_or(lo, spread(qh & 0xffff)), sixteen),
-            i8x16_sub(v128_or(hi, spread(qh >> 16)), sixteen),
+            i8x16_sub(v128_or(lo, bits_lo), sixteen),
+            i8x16_sub(v128_or(hi, bits_hi), sixteen),
         ]
     }
 }
@@ -136,6 +129,12 @@ fn legacy<B: Unpack>(w: &[B], y: &[BlockQ8_0]) -> f32 {
         acc[0] = fma_lanes(acc[0], quads(x[0], ys[0]), d);
         acc[1] = fma_lanes(acc[1], quads(x[1], ys[1]), d);
     }
+    hsum_lanes(acc)
+}
+
+/// [`hsum8`] of eight f32 lanes held in two vectors.
+#[inline(always)]
+fn hsum_lanes(acc: [v128; 2]) -> f32 {
     let lane = |v: v128, i: usize| match i {
         0 => f32x4_extract_lane::<0>(v),
         1 => f32x4_extract_lane::<1>(v),
@@ -144,6 +143,41 @@ fn legacy<B: Unpack>(w: &[B], y: &[BlockQ8_0]) -> f32 {
     };
     let lanes: [f32; 8] = core::array::from_fn(|i| lane(acc[i / 4], i % 4));
     hsum8(&lanes)
+}
+
+/// `dot::offset_fold` for Q4_1/Q5_1 rows: `parts` gives a block's scale, minimum and levels
+/// (unsigned, small enough for i8).
+#[inline(always)]
+fn offset<B>(
+    w: &[B],
+    y: &[BlockQ8_0],
+    s: &[f32],
+    parts: impl Fn(&B) -> ([u8; 2], [u8; 2], [v128; 2]),
+) -> f32 {
+    let mut acc = [f32x4_splat(0.0); 2];
+    let mut summs = 0f32;
+    for ((b, a), &s) in w.iter().zip(y).zip(s) {
+        let (d, m, x) = parts(b);
+        summs += f16_to_f32(m) * s;
+        let d = f16_to_f32(d) * f16_to_f32(a.d);
+        let ys = a.values();
+        acc[0] = fma_lanes(acc[0], quads(x[0], ys[0]), d);
+        acc[1] = fma_lanes(acc[1], quads(x[1], ys[1]), d);
+    }
+    hsum_lanes(acc) + summs
+}
+
+/// Q5_0's and Q5_1's fifth bits: bit `i` of `qh` as 0x10 in byte `i`, values 0..16 then 16..32.
+#[inline(always)]
+fn fifth_bits(qh: [u8; 4]) -> [v128; 2] {
+    let qh = u32::from_le_bytes(qh);
+    let spread = |bits: u32| {
+        u64x2(
+            super::Q5_SPREAD[(bits & 0xff) as usize],
+            super::Q5_SPREAD[((bits >> 8) & 0xff) as usize],
+        )
+    };
+    [spread(qh & 0xffff), spread(qh >> 16)]
 }
 
 /// `dot::dot_f32`: eight running sums of unfused products, then the reference's tail.
@@ -315,6 +349,16 @@ impl super::RowKernels for Kernels {
     }
     fn q4_k(w: &[BlockQ4K], y: &[BlockQ8K], grouped: bool) -> f32 {
         super::super::dot::q4_k_fold(w, y, grouped, q4_k_ints)
+    }
+    fn q4_1(w: &[BlockQ4_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
+        offset(w, y, s, |b| (b.d, b.m, nibbles(&b.qs)))
+    }
+    fn q5_1(w: &[BlockQ5_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
+        offset(w, y, s, |b| {
+            let [lo, hi] = nibbles(&b.qs);
+            let [bits_lo, bits_hi] = fifth_bits(b.qh);
+            (b.d, b.m, [v128_or(lo, bits_lo), v128_or(hi, bits_hi)])
+        })
     }
     fn q5_k(w: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
         super::super::dot::q5_k_fold(w, y, q5_k_ints)

@@ -565,6 +565,33 @@ macro_rules! simd_level {
                 }
             }
 
+            /// `dot::offset_fold` for Q4_1/Q5_1 rows against one Q8_1 row: `unpack` gives a
+            /// block's scale, minimum and 32 unsigned levels.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn offset_rows<B>(
+                w: &[B],
+                y: &[BlockQ8_0],
+                s: &[f32],
+                out: &mut [f32],
+                unpack: impl Fn(&B) -> ([u8; 2], [u8; 2], __m256i),
+            ) {
+                let n = y.len();
+                assert!(s.len() == n && w.len() == n * out.len());
+                for (row, o) in w.chunks_exact(n).zip(out) {
+                    let mut acc = _mm256_setzero_ps();
+                    let mut summs = 0f32;
+                    for ((b, a), &s) in row.iter().zip(y).zip(s) {
+                        let (d, m, levels) = unpack(b);
+                        summs += f16(m) * s;
+                        let d = _mm256_set1_ps(f16(d) * f16(a.d));
+                        let lanes = _mm256_cvtepi32_ps($moved(levels, load32(&a.qs)));
+                        acc = _mm256_fmadd_ps(d, lanes, acc);
+                    }
+                    *o = hsum8(&lanes_f32(acc)) + summs;
+                }
+            }
+
             /// `dot::q5_k_ints`: lane `l` of the result sums the values whose index mod 8 is
             /// `l`, so the products are widened to i32 eight values at a time rather than
             /// summed in pairs.
@@ -848,7 +875,7 @@ macro_rules! simd_level {
                 let rows = out.len();
                 let empty = match x {
                     ActRow::F32(y) => y.is_empty(),
-                    ActRow::Q8_0(y, _) => y.is_empty(),
+                    ActRow::Q8_0(y, _) | ActRow::Q8_1(y, _) => y.is_empty(),
                     ActRow::Q8K(y, _) => y.is_empty(),
                 };
                 if empty || rows == 0 {
@@ -891,6 +918,19 @@ macro_rules! simd_level {
                         for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len().max(1))) {
                             *o = q4_k(row, y, at.in_group_of_four());
                         }
+                    }
+                    (GgmlType::Q4_1, ActRow::Q8_1(y, s)) => {
+                        let w: &[BlockQ4_1] = weight_blocks(ty, bytes, y.len() * rows, QK)?;
+                        offset_rows(w, y, s, out, |b| (b.d, b.m, nibbles(&b.qs)));
+                    }
+                    (GgmlType::Q5_1, ActRow::Q8_1(y, s)) => {
+                        let w: &[BlockQ5_1] = weight_blocks(ty, bytes, y.len() * rows, QK)?;
+                        offset_rows(w, y, s, out, |b| {
+                            // Q5_0's signed values `level - 16`, moved up by 16.
+                            let bits = u32::from_le_bytes(b.qh);
+                            let q = _mm256_or_si256(nibbles(&b.qs), $q5_offsets(bits));
+                            (b.d, b.m, _mm256_add_epi8(q, _mm256_set1_epi8(16)))
+                        });
                     }
                     (GgmlType::Q5_K, ActRow::Q8K(y, _)) => {
                         let w: &[BlockQ5K] = weight_blocks(ty, bytes, y.len() * rows, QK_K)?;
