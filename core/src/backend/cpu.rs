@@ -76,20 +76,23 @@ impl CpuCache {
 /// activation row passes over them.
 const TILE: usize = 16;
 
-/// Weight rows `start..start + take` of `w` times every activation row in `xs`, transposed:
-/// `out[i * xs.len() + r]` is weight row `start + i` times activation row `r`. A batch is
-/// taken [`TILE`] weight rows at a time, so each is read from memory once for all of it.
-fn matmul_rows(
+/// Weight rows `start..start + take` of `w` times every activation row in `xs`, into those
+/// columns of `out`, through `tile` (scratch for one call's results). A batch is taken [`TILE`]
+/// weight rows at a time, so each is read from memory once for all of it.
+///
+/// # Safety
+/// No other thread may write these columns of `out` while this runs.
+unsafe fn matmul_rows(
     isa: Isa,
     w: &CpuMatrix<'_>,
     xs: &[ActRow<'_>],
-    start: usize,
-    out: &mut [f32],
+    (start, take): (usize, usize),
+    out: &Columns<'_>,
+    tile: &mut Vec<f32>,
     scratch: &mut [f32],
 ) -> Result<()> {
     let bad = |e| Error::Invalid(alloc::format!("tensor {}: {e}", w.data.name));
     let rows = xs.len();
-    let take = out.len() / rows.max(1);
     let bytes = w
         .data
         .bytes
@@ -101,18 +104,20 @@ fn matmul_rows(
                 w.data.bytes.len(),
             )
         })?;
-    if let [x] = xs {
-        // Decode: one activation row against every weight row, in one call.
-        return isa
-            .dot_rows(w.dtype(), bytes, *x, scratch, out)
-            .map_err(bad);
-    }
-    for (bytes, out) in bytes
-        .chunks(TILE * w.row_bytes)
-        .zip(out.chunks_mut(TILE * rows))
-    {
-        isa.dot_block(w.dtype(), bytes, xs, scratch, out)
-            .map_err(bad)?;
+    let step = if rows == 1 { take } else { TILE };
+    for (t, bytes) in bytes.chunks(step * w.row_bytes.max(1)).enumerate() {
+        let n = bytes.len() / w.row_bytes.max(1);
+        tile.resize(n * rows, 0.0);
+        if let [x] = xs {
+            // Decode: one activation row against every weight row, in one call.
+            isa.dot_rows(w.dtype(), bytes, *x, scratch, tile)
+                .map_err(bad)?;
+        } else {
+            isa.dot_block(w.dtype(), bytes, xs, scratch, tile)
+                .map_err(bad)?;
+        }
+        // SAFETY: these columns are the caller's alone.
+        unsafe { out.put(start + t * step, n, tile)? };
     }
     Ok(())
 }
@@ -323,8 +328,8 @@ struct Columns<'o> {
     _out: core::marker::PhantomData<&'o mut [f32]>,
 }
 
-// SAFETY: `Columns` hands out no references; every write goes through `put`, whose callers
-// guarantee that no two threads touch the same columns.
+// SAFETY: `Columns` hands out no references; every write goes through `put`, and the callers
+// (the claimed units of `matmul_run`) never give two threads the same columns.
 unsafe impl Sync for Columns<'_> {}
 
 impl<'o> Columns<'o> {
@@ -338,24 +343,32 @@ impl<'o> Columns<'o> {
         })
     }
 
-    /// Writes columns `start..start + take` of every row from `tile`, where `tile[i * rows + r]`
-    /// is column `start + i` of row `r`.
+    /// Writes columns `start..start + take` of every row: row `r`'s from
+    /// `tile[r * take..(r + 1) * take]`.
     ///
     /// # Safety
     /// No other thread may write these columns while this runs.
-    unsafe fn put(&self, start: usize, take: usize, tile: &[f32]) {
-        let tile = &tile[..take * self.rows];
-        assert!(start + take <= self.width, "columns out of range");
-        for r in 0..self.rows {
+    unsafe fn put(&self, start: usize, take: usize, tile: &[f32]) -> Result<()> {
+        if start + take > self.width || tile.len() < take * self.rows {
+            return Err(short("matmul output", start + take, self.width));
+        }
+        for (r, src) in tile.chunks_exact(take.max(1)).take(self.rows).enumerate() {
             // SAFETY: `r * width + start + take <= rows * width`, the length `new` checked, and
-            // the caller owns these columns for the duration.
+            // no other thread writes these columns (the caller's promise).
             let line = unsafe {
                 core::slice::from_raw_parts_mut(self.ptr.add(r * self.width + start), take)
             };
-            for (i, v) in line.iter_mut().enumerate() {
-                *v = tile[i * self.rows + r];
+            if let (Ok(line), Ok(src)) = (
+                <&mut [f32; TILE]>::try_from(&mut *line),
+                <&[f32; TILE]>::try_from(src),
+            ) {
+                // A prompt's tile: a fixed-size copy, four vector moves rather than a call.
+                *line = *src;
+            } else {
+                line.copy_from_slice(src);
             }
         }
+        Ok(())
     }
 }
 
@@ -464,12 +477,9 @@ impl Cpu {
                 let (i, start) = units[u];
                 let w = ws[i];
                 let take = unit.min(w.rows() - start);
-                tile.resize(take * rows, 0.0);
-                matmul_rows(isa, w, &xs, start, tile, scratch)?;
                 // SAFETY: every unit is claimed by exactly one member, and the units of one
                 // matrix cover disjoint columns of its output.
-                unsafe { columns[i].put(start, take, tile) };
-                Ok(())
+                unsafe { matmul_rows(isa, w, &xs, (start, take), &columns[i], tile, scratch) }
             },
         )
     }

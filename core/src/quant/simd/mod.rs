@@ -322,9 +322,10 @@ impl Isa {
         Ok(())
     }
 
-    /// Weight rows times several activation rows: `out[i * xs.len() + r]` is row `i` of the
-    /// `out.len() / xs.len()` rows of equal length in `rows`, times `xs[r]`. The batched
-    /// products of a prompt: each weight block is unpacked once for all the activation rows.
+    /// Weight rows times several activation rows: `out[r * n + i]` is row `i` of the
+    /// `n = out.len() / xs.len()` rows of equal length in `rows`, times `xs[r]` (the layout of
+    /// the product's output, a column block of it). The batched products of a prompt: each
+    /// weight block is unpacked once for all the activation rows.
     pub fn dot_block(
         self,
         ty: GgmlType,
@@ -368,7 +369,7 @@ impl Isa {
             let row = &rows[i * row_bytes..(i + 1) * row_bytes];
             for (r, &x) in xs.iter().enumerate() {
                 self.dot_rows(ty, row, x, scratch, &mut column)?;
-                out[i * m + r] = column[0];
+                out[r * n + i] = column[0];
             }
         }
         Ok(())
@@ -531,9 +532,9 @@ mod tests {
         ];
         let mut checked = 0;
         for (t, &ty) in types.iter().enumerate() {
-            for seed in 0..8u64 {
-                let w = values(seed * 31 + t as u64, cols);
-                let len = ty.bytes_for(cols as u64).expect("size") as usize;
+            let len = ty.bytes_for(cols as u64).expect("size") as usize;
+            let weights = |seed: u64| {
+                let w = values(seed, cols);
                 let mut bytes = alloc::vec![0u8; len];
                 if crate::quant::can_quantize(ty) {
                     quantize(ty, &w, &mut bytes).expect("quantize");
@@ -548,6 +549,10 @@ mod tests {
                         block[2..4].copy_from_slice(&crate::quant::f32_to_f16(0.002));
                     }
                 }
+                bytes
+            };
+            for seed in 0..8u64 {
+                let bytes = weights(seed * 31 + t as u64);
                 // Batches of 1, 5 (a group of four and a single row) and 9 (tiled).
                 for rows in [1usize, 5, 9] {
                     let x = values(1000 + seed, rows * cols);
@@ -556,15 +561,15 @@ mod tests {
                         .expect("encode");
                     let xs: Vec<_> = (0..rows).map(|r| acts.row(r).expect("row")).collect();
                     let mut scratch = alloc::vec![0f32; cols];
-                    // Three weight rows against the whole batch, as a tile of a product.
+                    // Three different weight rows against the whole batch, as a tile of a
+                    // product.
                     let mut three = bytes.clone();
-                    three.extend_from_slice(&bytes);
-                    three.extend_from_slice(&bytes);
+                    three.extend_from_slice(&weights(seed * 31 + t as u64 + 500));
+                    three.extend_from_slice(&weights(seed * 31 + t as u64 + 900));
                     let mut want = alloc::vec![0f32; 3 * rows];
-                    for i in 0..3 {
+                    for (i, w) in three.chunks_exact(len).enumerate() {
                         for (r, &a) in xs.iter().enumerate() {
-                            want[i * rows + r] =
-                                dot(ty, &bytes, a, &mut scratch).expect("reference");
+                            want[r * 3 + i] = dot(ty, w, a, &mut scratch).expect("reference");
                         }
                     }
                     for &isa in &levels {

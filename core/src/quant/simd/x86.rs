@@ -271,7 +271,7 @@ macro_rules! simd_level {
                 out
             }
 
-            /// `out[i * m + r]` = weight row `i` of `w` times activation row `r` of the `m` in
+            /// `out[r * n + i]` = weight row `i` of the `n` in `w` times activation row `r` of
             /// `ys`, four activation rows at a time.
             #[target_feature(enable = $features)]
             #[inline]
@@ -282,13 +282,14 @@ macro_rules! simd_level {
                 unpack: impl Fn(&B) -> ([u8; 2], __m256i) + Copy,
             ) {
                 let m = ys.len();
-                let n = ys[0].0.len();
+                let nb = ys[0].0.len();
+                let n = out.len() / m;
                 // Four activation rows at a time against every weight row of the tile: both
                 // stay in L1 while they meet.
                 let mut r = 0;
                 while r < m {
                     let take = (m - r).min(4);
-                    for (row, o) in w.chunks_exact(n).zip(out.chunks_exact_mut(m)) {
+                    for (i, row) in w.chunks_exact(nb).enumerate() {
                         let g = &ys[r..r + take];
                         if take == 4 {
                             let res = legacy_cols(
@@ -297,10 +298,12 @@ macro_rules! simd_level {
                                 [g[0].1, g[1].1, g[2].1, g[3].1],
                                 unpack,
                             );
-                            o[r..r + 4].copy_from_slice(&res);
+                            for (c, v) in res.into_iter().enumerate() {
+                                out[(r + c) * n + i] = v;
+                            }
                         } else {
                             for (c, (y, ad)) in g.iter().enumerate() {
-                                o[r + c] = legacy_cols(row, [*y], [*ad], unpack)[0];
+                                out[(r + c) * n + i] = legacy_cols(row, [*y], [*ad], unpack)[0];
                             }
                         }
                     }
@@ -658,7 +661,8 @@ macro_rules! simd_level {
                 acc - acc_min
             }
 
-            /// Q4_K and Q6_K weight rows against a batch of Q8_K rows: `out[i * xs.len() + r]`.
+            /// Q4_K and Q6_K weight rows against a batch of Q8_K rows: `out[r * n + i]` for
+            /// the `n` weight rows.
             ///
             /// `$krows` weight rows (four with AVX-512's 32 registers, two with AVX2's 16) and
             /// four activation rows make a tile of products, eight to a vector: each weight
@@ -676,7 +680,8 @@ macro_rules! simd_level {
             ) -> Result<(), QuantError> {
                 let m = xs.len();
                 let nb = xs[0].0.len();
-                let blocks = nb * (out.len() / m);
+                let n = out.len() / m;
+                let blocks = nb * n;
                 let tiled = |at: &BatchRow| {
                     if ty == GgmlType::Q4_K { at.in_group_of_four() } else { at.tiled() }
                 };
@@ -686,56 +691,60 @@ macro_rules! simd_level {
                 const R: usize = $krows;
                 // Per group of four activation rows, one pair of accumulators per two weight rows.
                 let mut acc = alloc::vec![[_mm256_setzero_ps(); 2]; fast / 4 * (R / 2)];
-                // `acc` out: vector `h` lane `k` is weight row `2h + k / 4`, activation `k % 4`.
-                let spill = |acc: &[[__m256; 2]], o: &mut [f32], q4: bool| {
+                // `acc` out, for weight rows from `i0`: vector `h` lane `k` is weight row
+                // `i0 + 2h + k / 4`, activation `4g + k % 4`.
+                let spill = |acc: &[[__m256; 2]], out: &mut [f32], i0: usize, q4: bool| {
                     for (g, pairs) in acc.chunks_exact(R / 2).enumerate() {
                       for (h, a) in pairs.iter().enumerate() {
                         let v = lanes_f32(if q4 { _mm256_sub_ps(a[0], a[1]) } else { a[0] });
                         for (half, lanes) in v.chunks_exact(4).enumerate() {
-                            let at = (2 * h + half) * m + 4 * g;
-                            o[at..at + 4].copy_from_slice(lanes);
+                            for (c, &x) in lanes.iter().enumerate() {
+                                out[(4 * g + c) * n + i0 + 2 * h + half] = x;
+                            }
                         }
                       }
                     }
                 };
-                // Whole tiles of `R` weight rows, then one product at a time for the rest.
+                // Whole tiles of `R` weight rows (`tile` gets them and the first one's index),
+                // then one product at a time for the rest.
                 fn rows_of<B, const R: usize>(
                     w: &[B],
                     nb: usize,
                     xs: &[(&[BlockQ8K], BatchRow)],
                     fast: usize,
                     out: &mut [f32],
-                    mut tile: impl FnMut([&[B]; R], &mut [f32]),
+                    mut tile: impl FnMut([&[B]; R], usize, &mut [f32]),
                     one: impl Fn(&[B], &[BlockQ8K], BatchRow) -> f32,
                 ) {
-                    let m = xs.len();
-                    for (rows, o) in w.chunks(R * nb).zip(out.chunks_mut(R * m)) {
+                    let n = w.len() / nb;
+                    for (t, rows) in w.chunks(R * nb).enumerate() {
+                        let i0 = t * R;
                         let tile_rows = if rows.len() == R * nb { fast } else { 0 };
                         if tile_rows > 0 {
                             let mut ws = [&rows[..0]; R];
                             for (r, w) in ws.iter_mut().enumerate() {
                                 *w = &rows[r * nb..(r + 1) * nb];
                             }
-                            tile(ws, o);
+                            tile(ws, i0, out);
                         }
-                        for (row, o) in rows.chunks_exact(nb).zip(o.chunks_exact_mut(m)) {
-                            for ((y, at), v) in xs[tile_rows..].iter().zip(&mut o[tile_rows..]) {
-                                *v = one(row, y, *at);
+                        for (k, row) in rows.chunks_exact(nb).enumerate() {
+                            for (r, (y, at)) in xs.iter().enumerate().skip(tile_rows) {
+                                out[r * n + i0 + k] = one(row, y, *at);
                             }
                         }
                     }
                 }
                 if ty == GgmlType::Q4_K {
                     let w: &[BlockQ4K] = weight_blocks(ty, bytes, blocks, QK_K)?;
-                    rows_of::<_, R>(w, nb, xs, fast, out, |ws, o| {
+                    rows_of::<_, R>(w, nb, xs, fast, out, |ws, i0, o| {
                         q4_k_tiles::<R>(ws, tile_xs, &mut acc);
-                        spill(&acc, o, true);
+                        spill(&acc, o, i0, true);
                     }, |row, y, at| q4_k(row, y, at.in_group_of_four()));
                 } else {
                     let w: &[BlockQ6K] = weight_blocks(ty, bytes, blocks, QK_K)?;
-                    rows_of::<_, R>(w, nb, xs, fast, out, |ws, o| {
+                    rows_of::<_, R>(w, nb, xs, fast, out, |ws, i0, o| {
                         q6_k_tiles::<R>(ws, tile_xs, &mut acc);
-                        spill(&acc, o, false);
+                        spill(&acc, o, i0, false);
                     }, |row, y, at| if at.tiled() { q6_k_tiled(row, y) } else { q6_k(row, y) });
                 }
                 Ok(())
@@ -1579,7 +1588,7 @@ mod vnni_tile {
         out
     }
 
-    /// `out[i * m + r]` for every weight row `i` of `w` and activation row `r` of the `m` in
+    /// `out[r * n + i]` for every weight row `i` of the `n` in `w` and activation row `r` in
     /// `cols`, tiles of four by four where the shape allows.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
@@ -1598,12 +1607,14 @@ mod vnni_tile {
                         &mut scales,
                     );
                     for (k, line) in res.iter().enumerate() {
-                        out[(r0 + k) * m + c0..][..T].copy_from_slice(line);
+                        for (c, &v) in line.iter().enumerate() {
+                            out[(c0 + c) * rows + r0 + k] = v;
+                        }
                     }
                     r0 += T;
                 } else {
                     for (c, &col) in g.iter().enumerate() {
-                        out[r0 * m + c0 + c] = tile([w.row(r0)], [col], &mut scales)[0][0];
+                        out[(c0 + c) * rows + r0] = tile([w.row(r0)], [col], &mut scales)[0][0];
                     }
                     r0 += 1;
                 }
