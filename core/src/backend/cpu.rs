@@ -465,8 +465,22 @@ impl Cpu {
         let mut columns = Vec::with_capacity(ws.len());
         let mut units = Vec::new();
         for (i, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
-            columns.push(Columns::new(out, rows, w.rows())?);
-            units.extend((0..w.rows()).step_by(unit).map(|start| (i, start)));
+            let c = Columns::new(out, rows, w.rows())?;
+            // A batch's units start on cache lines of the output (the first unit takes up
+            // the misalignment), so that a tile's run of each row fills whole lines.
+            let lead = if rows > 1 {
+                (64 - c.ptr as usize % 64) % 64 / size_of::<f32>() % TILE
+            } else {
+                0
+            };
+            let mut start = 0;
+            while start < w.rows() {
+                let take = if start == 0 && lead > 0 { lead } else { unit };
+                let take = take.min(w.rows() - start);
+                units.push((i, start, take));
+                start += take;
+            }
+            columns.push(c);
         }
         let scratch = if kind == ActKind::F32 { k } else { 0 };
         self.pool.claim(
@@ -474,9 +488,8 @@ impl Cpu {
             units.len(),
             || (Vec::new(), vec![0f32; scratch]),
             |(tile, scratch): &mut (Vec<f32>, Vec<f32>), u| {
-                let (i, start) = units[u];
+                let (i, start, take) = units[u];
                 let w = ws[i];
-                let take = unit.min(w.rows() - start);
                 // SAFETY: every unit is claimed by exactly one member, and the units of one
                 // matrix cover disjoint columns of its output.
                 unsafe { matmul_rows(isa, w, &xs, (start, take), &columns[i], tile, scratch) }
