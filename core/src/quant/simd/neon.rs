@@ -83,26 +83,8 @@ impl Unpack for BlockQ5_0 {
     }
     #[inline(always)]
     fn values(&self) -> [int8x16_t; 2] {
-        let [lo, hi] = nibbles(&self.qs);
-        let qh = u32::from_le_bytes(self.qh);
-        // The fifth bit of value i is bit i of qh, spread to 0x10 in byte i through a table.
-        let spread = |bits: u32| -> uint8x16_t {
-            let lo = super::Q5_SPREAD[(bits & 0xff) as usize];
-            let hi = super::Q5_SPREAD[((bits >> 8) & 0xff) as usize];
-            // SAFETY: NEON is part of aarch64.
-            unsafe { vcombine_u8(vcreate_u8(lo), vcreate_u8(hi)) }
-        };
         // SAFETY: NEON is part of aarch64.
-        unsafe {
-            let sixteen = vdupq_n_s8(16);
-            [
-                vsubq_s8(
-                    vreinterpretq_s8_u8(vorrq_u8(lo, spread(qh & 0xffff))),
-                    sixteen,
-                ),
-                vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(hi, spread(qh >> 16))), sixteen),
-            ]
-        }
+        five_bit_levels(&self.qs, self.qh).map(|v| unsafe { vsubq_s8(v, vdupq_n_s8(16)) })
     }
 }
 
@@ -113,11 +95,12 @@ fn levels_q4_1(b: &BlockQ4_1) -> [int8x16_t; 2] {
     nibbles(&b.qs).map(|v| unsafe { vreinterpretq_s8_u8(v) })
 }
 
-/// Q5_1's 32 levels (0..31, which fit i8), the fifth bits spread as for Q5_0.
+/// The 32 unsigned five-bit levels (0..31, which fit i8) of Q5_0 and Q5_1 blocks: nibbles, and
+/// bit i of `qh` as the fifth bit of value i, spread to 0x10 in byte i through a table.
 #[inline(always)]
-fn levels_q5_1(b: &BlockQ5_1) -> [int8x16_t; 2] {
-    let [lo, hi] = nibbles(&b.qs);
-    let qh = u32::from_le_bytes(b.qh);
+fn five_bit_levels(qs: &[u8; 16], qh: [u8; 4]) -> [int8x16_t; 2] {
+    let [lo, hi] = nibbles(qs);
+    let qh = u32::from_le_bytes(qh);
     let spread = |bits: u32| -> uint8x16_t {
         let lo = super::Q5_SPREAD[(bits & 0xff) as usize];
         let hi = super::Q5_SPREAD[((bits >> 8) & 0xff) as usize];
@@ -340,7 +323,7 @@ impl super::RowKernels for Kernels {
         offset(w, y, s, |b| (b.d, b.m, levels_q4_1(b)))
     }
     fn q5_1(w: &[BlockQ5_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
-        offset(w, y, s, |b| (b.d, b.m, levels_q5_1(b)))
+        offset(w, y, s, |b| (b.d, b.m, five_bit_levels(&b.qs, b.qh)))
     }
     fn q5_k(w: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
         super::super::dot::q5_k_fold(w, y, q5_k_ints)

@@ -278,15 +278,21 @@ fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
             }
         }
     }
-    let mut lanes = [0i32; 8];
-    for (k, acc) in acc.iter().enumerate() {
-        lanes[4 * k] = i32x4_extract_lane::<0>(*acc);
-        lanes[4 * k + 1] = i32x4_extract_lane::<1>(*acc);
-        lanes[4 * k + 2] = i32x4_extract_lane::<2>(*acc);
-        lanes[4 * k + 3] = i32x4_extract_lane::<3>(*acc);
-    }
+    let mut lanes = i32_lanes(acc);
     super::super::dot::q6_k_offsets(x, y, &mut lanes);
     lanes
+}
+
+/// Eight i32 lanes held in two vectors, in order.
+#[inline(always)]
+fn i32_lanes(acc: [v128; 2]) -> [i32; 8] {
+    let lane = |v: v128, i: usize| match i {
+        0 => i32x4_extract_lane::<0>(v),
+        1 => i32x4_extract_lane::<1>(v),
+        2 => i32x4_extract_lane::<2>(v),
+        _ => i32x4_extract_lane::<3>(v),
+    };
+    core::array::from_fn(|i| lane(acc[i / 4], i % 4))
 }
 
 /// `dot::q5_k_ints`: lane `l` of the result sums the values whose index mod 8 is `l`.
@@ -324,14 +330,7 @@ fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
             }
         }
     }
-    let mut lanes = [0i32; 8];
-    for (k, acc) in acc.iter().enumerate() {
-        lanes[4 * k] = i32x4_extract_lane::<0>(*acc);
-        lanes[4 * k + 1] = i32x4_extract_lane::<1>(*acc);
-        lanes[4 * k + 2] = i32x4_extract_lane::<2>(*acc);
-        lanes[4 * k + 3] = i32x4_extract_lane::<3>(*acc);
-    }
-    (lanes, super::super::dot::q5_k_mins(&mins, y))
+    (i32_lanes(acc), super::super::dot::q5_k_mins(&mins, y))
 }
 
 impl super::RowKernels for Kernels {

@@ -1229,57 +1229,73 @@ macro_rules! simd_level {
                 }
                 vec::exponents(scores, weights);
                 expf_slice(weights);
-                if dim == 64 {
-                    let sum = value_sum64(scores, weights, head, v, out, f16);
-                    let inv = 1.0 / sum;
-                    for acc in out.iter_mut() {
-                        *acc *= inv;
+                let sum = if dim == 64 {
+                    // The running sum in eight registers: in memory, each position's update
+                    // would wait on the last one's store.
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    let sum = value_pass(
+                        scores,
+                        weights,
+                        head,
+                        v,
+                        &mut acc,
+                        |acc, s| {
+                            let sv = _mm256_set1_ps(s);
+                            for a in acc {
+                                *a = _mm256_mul_ps(*a, sv);
+                                if f16 {
+                                    *a = round8(*a);
+                                }
+                            }
+                        },
+                        |acc, row, s, round| {
+                            let sv = _mm256_set1_ps(s);
+                            for (a, x) in acc.iter_mut().zip(row.chunks_exact(8)) {
+                                // SAFETY: chunks of eight values.
+                                let x = unsafe { _mm256_loadu_ps(x.as_ptr()) };
+                                let r = _mm256_fmadd_ps(x, sv, *a);
+                                *a = if round { round8(r) } else { r };
+                            }
+                        },
+                    );
+                    for (a, o) in acc.iter().zip(out.chunks_exact_mut(8)) {
+                        // SAFETY: chunks of eight values.
+                        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
                     }
-                    return;
-                }
-                let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
-                for (t, (&s, &e)) in scores.iter().zip(weights.iter()).enumerate() {
-                    let at = t * head.stride + head.offset;
-                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                    if s > max {
-                        ms = e;
-                        max = s;
-                        scale(out, ms, f16);
-                    } else {
-                        vs = e;
-                    }
-                    match head.values {
-                        vec::KvRows::F16(c) => {
-                            decode_f16(&c[at..at + dim], v);
-                            mad(out, v, vs, true);
-                        }
-                        vec::KvRows::F32(c) => mad(out, &c[at..at + dim], vs, false),
-                        vec::KvRows::Widened(c) => mad(out, &c[at..at + dim], vs, true),
-                    }
-                    sum = fma(sum, ms, vs);
-                }
+                    sum
+                } else {
+                    value_pass(
+                        scores,
+                        weights,
+                        head,
+                        v,
+                        out,
+                        |out, s| scale(out, s, f16),
+                        |out, row, s, round| mad(out, row, s, round),
+                    )
+                };
                 let inv = 1.0 / sum;
                 for acc in out.iter_mut() {
                     *acc *= inv;
                 }
             }
 
-            /// The value sum of [`attend`] for heads of 64 values, the running sum held in
-            /// eight registers (in memory, each position's update would wait on the last
-            /// one's store): the same products, roundings and rescalings, in the same order.
-            /// Returns the softmax denominator.
+            /// The value pass of [`attend`]'s online softmax over the running sum `acc`:
+            /// where the maximum rises, `rescale` it by the weight of the change; otherwise
+            /// weigh the position; then `add` the position's values times that weight (rounding
+            /// to f16 when the cache is f16). Returns the softmax denominator.
             #[target_feature(enable = $features)]
             #[inline]
-            fn value_sum64(
+            fn value_pass<A: ?Sized>(
                 scores: &[f32],
                 weights: &[f32],
                 head: &vec::AttnHead<'_>,
                 v: &mut [f32],
-                out: &mut [f32],
-                f16: bool,
+                acc: &mut A,
+                rescale: impl Fn(&mut A, f32),
+                add: impl Fn(&mut A, &[f32], f32, bool),
             ) -> f32 {
-                const D: usize = 64;
-                let mut acc = [_mm256_setzero_ps(); D / 8];
+                let dim = v.len();
                 let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
                 for (t, (&s, &e)) in scores.iter().zip(weights.iter()).enumerate() {
                     let at = t * head.stride + head.offset;
@@ -1287,36 +1303,19 @@ macro_rules! simd_level {
                     if s > max {
                         ms = e;
                         max = s;
-                        let sv = _mm256_set1_ps(ms);
-                        for a in &mut acc {
-                            *a = _mm256_mul_ps(*a, sv);
-                            if f16 {
-                                *a = round8(*a);
-                            }
-                        }
+                        rescale(acc, ms);
                     } else {
                         vs = e;
                     }
-                    let (row, round): (&[f32], bool) = match head.values {
+                    match head.values {
                         vec::KvRows::F16(c) => {
-                            decode_f16(&c[at..at + D], v);
-                            (&v[..D], true)
+                            decode_f16(&c[at..at + dim], v);
+                            add(acc, v, vs, true);
                         }
-                        vec::KvRows::F32(c) => (&c[at..at + D], false),
-                        vec::KvRows::Widened(c) => (&c[at..at + D], true),
-                    };
-                    let sv = _mm256_set1_ps(vs);
-                    for (a, x) in acc.iter_mut().zip(row.chunks_exact(8)) {
-                        // SAFETY: chunks of eight values.
-                        let x = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-                        let r = _mm256_fmadd_ps(x, sv, *a);
-                        *a = if round { round8(r) } else { r };
+                        vec::KvRows::F32(c) => add(acc, &c[at..at + dim], vs, false),
+                        vec::KvRows::Widened(c) => add(acc, &c[at..at + dim], vs, true),
                     }
                     sum = fma(sum, ms, vs);
-                }
-                for (a, o) in acc.iter().zip(out.chunks_exact_mut(8)) {
-                    // SAFETY: chunks of eight values.
-                    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
                 }
                 sum
             }
