@@ -395,8 +395,8 @@ impl Cpu {
     /// another, each running every activation row against its tile (the tile stays in cache
     /// while the batch passes over it) and writing those columns of the outputs. Claiming
     /// rather than splitting up front keeps both cores busy to the end when one of them runs
-    /// slower. Smaller batches and decoding split the weight rows evenly instead, over an input
-    /// encoded once.
+    /// slower. Smaller batches and decoding encode the input once and claim larger units of
+    /// weight rows, [`UNITS_PER_THREAD`] per member.
     fn matmul_run(
         &mut self,
         ws: &[&CpuMatrix<'_>],
