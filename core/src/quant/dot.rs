@@ -260,6 +260,12 @@ fn whole_blocks(ty: GgmlType, cols: usize, block: usize) -> Result<usize, QuantE
 /// `quantize_row_q8_0` as llama.cpp's x86 build runs it: the inverse scale is `127 / max`
 /// (not `1 / d`) and values round half to even.
 pub fn quantize_q8_0_act(x: &[f32; QK], y: &mut BlockQ8_0) {
+    q8_0_block(x, y);
+}
+
+/// [`quantize_q8_0_act`], returning the block's f32 scale before its rounding to f16.
+#[inline(always)]
+fn q8_0_block(x: &[f32; QK], y: &mut BlockQ8_0) -> f32 {
     let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -267,6 +273,7 @@ pub fn quantize_q8_0_act(x: &[f32; QK], y: &mut BlockQ8_0) {
     for (q, &v) in y.qs.iter_mut().zip(x) {
         *q = super::quantize::nearest_int(v * id) as i8;
     }
+    d
 }
 
 /// [`quantize_q8_0_act`] for every block of `x` into `y`, with each block's [`Q8Sums`] parts:
@@ -295,10 +302,9 @@ pub fn quantize_q8_0_rows(
 /// makes them, and the returned `s`, the f32 scale (before its rounding to f16) times the
 /// values' sum, rounded to f16.
 pub fn quantize_q8_1_act(x: &[f32; QK], y: &mut BlockQ8_0) -> f32 {
-    quantize_q8_0_act(x, y);
-    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let d = q8_0_block(x, y);
     let sum: i32 = y.qs.iter().map(|&q| i32::from(q)).sum();
-    f16_to_f32(super::f32_to_f16(amax / 127.0 * sum as f32))
+    f16_to_f32(super::f32_to_f16(d * sum as f32))
 }
 
 /// [`quantize_q8_1_act`] for every block of `x` into `y` and `s`.
@@ -362,16 +368,10 @@ pub fn dot(
         (GgmlType::Q5_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q5_0),
         (GgmlType::Q4_0, ActRow::Q8_0(y, _)) => blocks(ty, row, y, unpack_q4_0),
         (GgmlType::Q4_1, ActRow::Q8_1(y, s)) => {
-            let x: &[BlockQ4_1] = weight_blocks(ty, row, y.len(), QK)?;
-            Ok(offset_fold(x, y, s, |b, a| {
-                (b.d, b.m, lanes_q8(&levels_q4_1(b), &a.qs))
-            }))
+            Ok(dot_q4_1(weight_blocks(ty, row, y.len(), QK)?, y, s))
         }
         (GgmlType::Q5_1, ActRow::Q8_1(y, s)) => {
-            let x: &[BlockQ5_1] = weight_blocks(ty, row, y.len(), QK)?;
-            Ok(offset_fold(x, y, s, |b, a| {
-                (b.d, b.m, lanes_q8(&levels_q5_1(b), &a.qs))
-            }))
+            Ok(dot_q5_1(weight_blocks(ty, row, y.len(), QK)?, y, s))
         }
         (GgmlType::Q4_K, ActRow::Q8K(y, at)) => q4_k_repacked(row, y, at.in_group_of_four()),
         (GgmlType::Q5_K, ActRow::Q8K(y, _)) => {
@@ -503,31 +503,36 @@ fn unpack_q5_0(x: &BlockQ5_0) -> (f32, [i8; QK]) {
     (f16_to_f32(x.d), q)
 }
 
-/// A Q4_1 block's 32 unsigned levels (low nibbles first).
+/// The 32 unsigned levels of a block's 16 nibble bytes (low nibbles first).
 #[inline(always)]
-pub(crate) fn levels_q4_1(x: &BlockQ4_1) -> [u8; QK] {
+fn nibble_levels(qs: &[u8; QK / 2]) -> [u8; QK] {
     core::array::from_fn(|i| {
-        let b = x.qs[i % (QK / 2)];
+        let b = qs[i % (QK / 2)];
         if i < QK / 2 { b & 0x0f } else { b >> 4 }
     })
 }
 
-/// A Q5_1 block's 32 unsigned levels, the fifth bits from `qh`.
-#[inline(always)]
-pub(crate) fn levels_q5_1(x: &BlockQ5_1) -> [u8; QK] {
-    let qh = u32::from_le_bytes(x.qh);
-    let low = levels_q4_1(&BlockQ4_1 {
-        d: x.d,
-        m: x.m,
-        qs: x.qs,
-    });
-    core::array::from_fn(|i| low[i] | ((((qh >> i) & 1) << 4) as u8))
+/// `ggml_vec_dot_q4_1_q8_1` (see [`offset_fold`]), the reference.
+pub(crate) fn dot_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
+    offset_fold(x, y, s, |b, a| {
+        (b.d, b.m, lanes_q8(&nibble_levels(&b.qs), &a.qs))
+    })
+}
+
+/// `ggml_vec_dot_q5_1_q8_1` (see [`offset_fold`]), the reference: the fifth bits from `qh`.
+pub(crate) fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
+    offset_fold(x, y, s, |b, a| {
+        let qh = u32::from_le_bytes(b.qh);
+        let low = nibble_levels(&b.qs);
+        let levels = core::array::from_fn(|i| low[i] | ((((qh >> i) & 1) << 4) as u8));
+        (b.d, b.m, lanes_q8(&levels, &a.qs))
+    })
 }
 
 /// The eight lane sums of unsigned levels times signed values: lane `l` sums values
 /// `4l..4l + 4`.
 #[inline(always)]
-pub(crate) fn lanes_q8(levels: &[u8; QK], qs: &[i8; QK]) -> [i32; 8] {
+fn lanes_q8(levels: &[u8; QK], qs: &[i8; QK]) -> [i32; 8] {
     core::array::from_fn(|l| {
         (4 * l..4 * l + 4)
             .map(|i| i32::from(levels[i]) * i32::from(qs[i]))

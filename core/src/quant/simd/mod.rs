@@ -63,23 +63,11 @@ trait RowKernels {
     }
     /// Q4_1 against Q8_1 (`dot::offset_fold`).
     fn q4_1(w: &[super::blocks::BlockQ4_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
-        super::dot::offset_fold(w, y, s, |b, a| {
-            (
-                b.d,
-                b.m,
-                super::dot::lanes_q8(&super::dot::levels_q4_1(b), &a.qs),
-            )
-        })
+        super::dot::dot_q4_1(w, y, s)
     }
     /// Q5_1 against Q8_1 (`dot::offset_fold`).
     fn q5_1(w: &[super::blocks::BlockQ5_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
-        super::dot::offset_fold(w, y, s, |b, a| {
-            (
-                b.d,
-                b.m,
-                super::dot::lanes_q8(&super::dot::levels_q5_1(b), &a.qs),
-            )
-        })
+        super::dot::dot_q5_1(w, y, s)
     }
     /// Q5_K (`dot::q5_k_fold`).
     fn q5_k(w: &[super::blocks::BlockQ5K], y: &[super::dot::BlockQ8K]) -> f32 {
