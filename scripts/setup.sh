@@ -79,7 +79,7 @@ fi
 pip_install() {
     # A distribution's own Python refuses installs (PEP 668) unless told; these are test tools.
     PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
-        --root-user-action=ignore "$@"
+        --no-cache-dir --root-user-action=ignore "$@"
 }
 if $want_tests && ! python3 -c 'import huggingface_hub' 2>/dev/null; then
     say "installing the Python huggingface_hub package (cache-compatibility test)"
@@ -101,7 +101,8 @@ if $want_tests && ! "$hf_venv/bin/python" -c 'import torch, transformers, tokeni
         apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
         python3 -m venv "$hf_venv"
     fi
-    "$hf_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    # No wheel cache: torch's wheels and their CUDA libraries are gigabytes that CI's disk needs.
+    "$hf_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
         torch transformers tokenizers safetensors
 fi
 

@@ -8,6 +8,10 @@ scripts/setup.sh --tests
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
+# The build, the Python reference tools and the real model's conversions take tens of gigabytes;
+# say what the disk had, so a failure for space reads as one.
+df -h . "${TMPDIR:-/tmp}" >&2 || true
+
 step "format"
 cargo fmt --all --check
 
