@@ -1,16 +1,24 @@
-//! The one decode loop. The CLI, the server and the browser worker all generate through
-//! [`Session::generate`]: it evaluates the prompt (reusing whatever prefix the KV cache already
-//! holds), samples token after token, streams each with its text, and says why it stopped.
+//! The one decode loop. The CLI, the server and the browser worker all generate through a
+//! [`Session`]: it evaluates the prompt (reusing whatever prefix the KV cache already holds),
+//! samples token after token, streams each with its text, and says why it stopped.
+//!
+//! [`Session::generate`] runs a whole generation with a callback per token. A caller that
+//! interleaves several generations (the server's request slots) drives the same loop a token at
+//! a time: [`Session::start`], then [`Session::step`] until it returns `None`, swapping each
+//! request's [`Slot`] in with [`Session::swap_slot`] before its steps.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::ControlFlow;
 
 use crate::backend::Backend;
-use crate::model::{Logits, Qwen2};
+use crate::model::{KvCache, Logits, Qwen2};
 use crate::sample::{Sampler, SamplerConfig};
 use crate::tokenizer::{TextStream, Tokenizer};
 use crate::{Error, Result};
+
+/// The most alternatives [`GenerateParams::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -25,6 +33,10 @@ pub struct GenerateParams {
     pub ignore_eos: bool,
     /// When the prompt does not fit, drop its oldest tokens instead of failing.
     pub truncate_prompt: bool,
+    /// With `Some(n)`, each token comes with its log-probability under the model and the `n`
+    /// most likely tokens' (at most [`MAX_TOP_LOGPROBS`]).
+    #[serde(default)]
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateParams {
@@ -35,6 +47,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             ignore_eos: false,
             truncate_prompt: false,
+            logprobs: None,
         }
     }
 }
@@ -67,15 +80,27 @@ impl StopReason {
 
 /// A generated token as it streams out.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Token<'a> {
+pub struct Token {
     /// The id; `None` for the final piece of text held back until generation ended (the tail of
     /// a character or of a possible stop string).
     pub id: Option<u32>,
     /// Text that became complete with this token (may be empty while a character or a possible
     /// stop string is pending).
-    pub text: &'a str,
+    pub text: String,
     /// 0 for the first generated token.
     pub index: usize,
+    /// The token's log-probabilities, when [`GenerateParams::logprobs`] asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// A token's log-probability under the model (the softmax of the raw logits, before any
+/// sampling transform) and the most likely tokens' at the same step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenLogprobs {
+    /// The chosen token's.
+    pub logprob: f32,
+    /// The most likely tokens and theirs, most likely first.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// The result of one generation.
@@ -148,6 +173,107 @@ pub struct Session<'w, B: Backend> {
     cached: Vec<u32>,
 }
 
+/// One sequence's KV cache and the tokens it holds, kept aside while another sequence runs; see
+/// [`Session::swap_slot`].
+pub struct Slot<B: Backend> {
+    cache: KvCache<B>,
+    cached: Vec<u32>,
+}
+
+impl<B: Backend> Slot<B> {
+    /// The tokens whose keys and values the slot's cache holds.
+    pub fn tokens(&self) -> &[u32] {
+        &self.cached
+    }
+}
+
+impl<B: Backend> core::fmt::Debug for Slot<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Slot")
+            .field("cache", &self.cache)
+            .field("cached", &self.cached.len())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Sampling tokens.
+    Running,
+    /// Stopped; the held-back text is still to be handed out.
+    Flushing,
+    /// Nothing more to hand out.
+    Done,
+}
+
+/// One generation in progress: what [`Session::step`] needs between tokens.
+#[derive(Debug)]
+pub struct Generation {
+    params: GenerateParams,
+    sampler: Sampler,
+    stream: TextStream,
+    /// Text generated but not yet handed out, because it may begin a stop string.
+    held: String,
+    longest_stop: usize,
+    /// The prompt and the tokens generated so far (the repeat penalty's window).
+    recent: Vec<u32>,
+    /// The logits to sample the next token from.
+    logits: Vec<f32>,
+    /// The last token handed out, not yet evaluated: its forward pass runs at the next step, so
+    /// the token streams out before the model computes what follows it.
+    pending: Option<u32>,
+    outcome: Outcome,
+    phase: Phase,
+}
+
+impl Generation {
+    /// What has been generated so far, and once finished, why it stopped.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Whether [`Session::step`] has nothing more to hand out.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Stops sampling ([`StopReason::Cancelled`]); the next step hands out the held-back text,
+    /// if any. Does nothing once generation has stopped for another reason.
+    pub fn cancel(&mut self) {
+        if self.phase == Phase::Running {
+            self.outcome.stop = StopReason::Cancelled;
+            self.phase = Phase::Flushing;
+        }
+    }
+
+    /// The result.
+    pub fn into_outcome(self) -> Outcome {
+        self.outcome
+    }
+
+    /// Ends generation for `why` and hands out what was held back.
+    fn finish(&mut self, why: StopReason) -> Option<Token> {
+        self.outcome.stop = why;
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Option<Token> {
+        self.phase = Phase::Done;
+        self.held.push_str(&self.stream.finish());
+        if self.held.is_empty() {
+            return None;
+        }
+        let text = core::mem::take(&mut self.held);
+        self.outcome.text.push_str(&text);
+        Some(Token {
+            id: None,
+            text,
+            index: self.outcome.tokens.len(),
+            logprobs: None,
+        })
+    }
+}
+
 impl<'w, B: Backend> Session<'w, B> {
     /// A session with an empty cache.
     pub fn new(model: Qwen2<'w, B>, tokenizer: Tokenizer) -> Self {
@@ -175,10 +301,31 @@ impl<'w, B: Backend> Session<'w, B> {
         &self.tokenizer
     }
 
+    /// The tokens whose keys and values the session's cache holds.
+    pub fn cached(&self) -> &[u32] {
+        &self.cached
+    }
+
     /// Forgets the cache.
     pub fn reset(&mut self) {
         self.cached.clear();
         self.model.truncate(0);
+    }
+
+    /// A new, empty slot: a second KV cache the size of the session's.
+    pub fn new_slot(&mut self) -> Result<Slot<B>> {
+        Ok(Slot {
+            cache: self.model.new_cache()?,
+            cached: Vec::new(),
+        })
+    }
+
+    /// Exchanges the session's cache (and the record of the tokens in it) with `slot`'s, so the
+    /// next [`Session::start`] or [`Session::step`] goes on from the slot's sequence.
+    pub fn swap_slot(&mut self, slot: &mut Slot<B>) -> Result<()> {
+        self.model.swap_cache(&mut slot.cache)?;
+        core::mem::swap(&mut self.cached, &mut slot.cached);
+        Ok(())
     }
 
     /// Evaluates `prompt` and returns the logits after it, reusing the longest prefix the cache
@@ -210,12 +357,29 @@ impl<'w, B: Backend> Session<'w, B> {
         &mut self,
         prompt: &[u32],
         params: &GenerateParams,
-        mut on_token: impl FnMut(&Token<'_>) -> ControlFlow<()>,
+        mut on_token: impl FnMut(&Token) -> ControlFlow<()>,
     ) -> Result<Outcome> {
+        let mut generation = self.start(prompt, params)?;
+        while let Some(token) = self.step(&mut generation)? {
+            if on_token(&token).is_break() {
+                generation.cancel();
+            }
+        }
+        Ok(generation.into_outcome())
+    }
+
+    /// Checks `params`, evaluates `prompt` (see [`Session::prefill`]) and returns the generation,
+    /// ready for [`Session::step`].
+    pub fn start(&mut self, prompt: &[u32], params: &GenerateParams) -> Result<Generation> {
         params
             .sampler
             .validate()
             .map_err(|e| Error::Invalid(e.into()))?;
+        if params.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::Invalid(alloc::format!(
+                "at most {MAX_TOP_LOGPROBS} top log-probabilities per token"
+            )));
+        }
         let ctx = self.model.context_size();
         let mut prompt = prompt;
         if prompt.len() >= ctx {
@@ -229,84 +393,128 @@ impl<'w, B: Backend> Session<'w, B> {
             let keep = ctx - params.max_tokens.clamp(1, ctx / 2);
             prompt = &prompt[prompt.len() - keep..];
         }
-        let (mut logits, cached_tokens) = self.prefill(prompt)?;
-        let mut sampler = Sampler::new(params.sampler.clone());
-        let mut stream = TextStream::new();
-        let mut outcome = Outcome {
-            prompt_tokens: prompt.len(),
-            cached_tokens,
-            tokens: Vec::new(),
-            text: String::new(),
-            stop: StopReason::MaxTokens,
-        };
-        // Text generated but not yet handed out, because it may begin a stop string.
-        let mut held = String::new();
-        let longest_stop = params.stop.iter().map(String::len).max().unwrap_or(0);
-        let mut recent: Vec<u32> = prompt.to_vec();
-        loop {
-            if outcome.tokens.len() >= params.max_tokens {
-                outcome.stop = StopReason::MaxTokens;
-                break;
-            }
-            let id = sampler.sample(&mut logits, &recent);
-            if !params.ignore_eos && self.tokenizer.is_end_of_generation(id) {
-                outcome.stop = StopReason::Eos;
-                break;
-            }
-            outcome.tokens.push(id);
-            recent.push(id);
-            let bytes = self.tokenizer.token_bytes(id).unwrap_or_default();
-            held.push_str(&stream.push(bytes));
-            // Hand out what can no longer be part of a stop string.
-            let mut stopped = false;
-            let release = match params
-                .stop
-                .iter()
-                .filter_map(|s| held.find(s.as_str()))
-                .min()
-            {
-                Some(at) => {
-                    stopped = true;
-                    at
+        let (logits, cached_tokens) = self.prefill(prompt)?;
+        Ok(Generation {
+            sampler: Sampler::new(params.sampler.clone()),
+            stream: TextStream::new(),
+            held: String::new(),
+            longest_stop: params.stop.iter().map(String::len).max().unwrap_or(0),
+            recent: prompt.to_vec(),
+            logits,
+            pending: None,
+            outcome: Outcome {
+                prompt_tokens: prompt.len(),
+                cached_tokens,
+                tokens: Vec::new(),
+                text: String::new(),
+                stop: StopReason::MaxTokens,
+            },
+            phase: Phase::Running,
+            params: params.clone(),
+        })
+    }
+
+    /// The next token of `generation`, which this session started (with the same slot swapped
+    /// in); `None` once it has finished. The last token may carry no id: the text held back
+    /// until the end.
+    pub fn step(&mut self, generation: &mut Generation) -> Result<Option<Token>> {
+        let g = generation;
+        match g.phase {
+            Phase::Running => {}
+            Phase::Flushing => return Ok(g.flush()),
+            Phase::Done => return Ok(None),
+        }
+        if g.pending.is_some() && self.model.position() >= self.model.context_size() {
+            return Ok(g.finish(StopReason::ContextFull));
+        }
+        if g.outcome.tokens.len() >= g.params.max_tokens {
+            return Ok(g.finish(StopReason::MaxTokens));
+        }
+        if let Some(id) = g.pending.take() {
+            match self.model.forward(&[id], Logits::Last) {
+                Ok(logits) => g.logits = logits,
+                Err(e) => {
+                    g.phase = Phase::Done;
+                    return Err(e);
                 }
-                None => safe_prefix(&held, &params.stop, longest_stop),
-            };
-            let text: String = held.drain(..release).collect();
-            outcome.text.push_str(&text);
-            let flow = on_token(&Token {
-                id: Some(id),
-                text: &text,
-                index: outcome.tokens.len() - 1,
-            });
-            if stopped {
-                held.clear();
-                outcome.stop = StopReason::StopString;
-                break;
             }
-            if flow.is_break() {
-                outcome.stop = StopReason::Cancelled;
-                break;
-            }
-            if self.model.position() >= ctx {
-                outcome.stop = StopReason::ContextFull;
-                break;
-            }
-            logits = self.model.forward(&[id], Logits::Last)?;
             self.cached.push(id);
         }
-        // Whatever is left is plain text now.
-        if outcome.stop != StopReason::StopString {
-            held.push_str(&stream.finish());
-            if !held.is_empty() {
-                outcome.text.push_str(&held);
-                let _ = on_token(&Token {
-                    id: None,
-                    text: &held,
-                    index: outcome.tokens.len(),
-                });
-            }
+        let raw = g.params.logprobs.map(|_| g.logits.clone());
+        let id = g.sampler.sample(&mut g.logits, &g.recent);
+        if !g.params.ignore_eos && self.tokenizer.is_end_of_generation(id) {
+            return Ok(g.finish(StopReason::Eos));
         }
-        Ok(outcome)
+        g.outcome.tokens.push(id);
+        g.recent.push(id);
+        let bytes = self.tokenizer.token_bytes(id).unwrap_or_default();
+        g.held.push_str(&g.stream.push(bytes));
+        // Hand out what can no longer be part of a stop string.
+        let stop_at = g
+            .params
+            .stop
+            .iter()
+            .filter_map(|s| g.held.find(s.as_str()))
+            .min();
+        let release =
+            stop_at.unwrap_or_else(|| safe_prefix(&g.held, &g.params.stop, g.longest_stop));
+        let text: String = g.held.drain(..release).collect();
+        g.outcome.text.push_str(&text);
+        let token = Token {
+            id: Some(id),
+            text,
+            index: g.outcome.tokens.len() - 1,
+            logprobs: raw.map(|raw| logprobs(&raw, id, g.params.logprobs.unwrap_or(0))),
+        };
+        if stop_at.is_some() {
+            g.held.clear();
+            g.outcome.stop = StopReason::StopString;
+            g.phase = Phase::Done;
+        } else {
+            g.pending = Some(id);
+        }
+        Ok(Some(token))
+    }
+}
+
+/// The log-softmax of `logits` at `id`, and the `top` most likely entries'. NaN logits count as
+/// impossible.
+fn logprobs(logits: &[f32], id: u32, top: usize) -> TokenLogprobs {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| !l.is_nan())
+        .map(|&l| libm::exp(f64::from(l - max)))
+        .sum();
+    let lse = f64::from(max) + libm::log(sum);
+    let logprob = |l: f32| {
+        if l.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            (f64::from(l) - lse) as f32
+        }
+    };
+    // The best `top` so far, most likely first; ties keep the lower id first.
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_nan() || (best.len() == top && l <= best[top - 1].1) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, b)| b >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(top);
+        }
+    }
+    TokenLogprobs {
+        logprob: logits
+            .get(id as usize)
+            .map_or(f32::NEG_INFINITY, |&l| logprob(l)),
+        top: best.into_iter().map(|(i, l)| (i, logprob(l))).collect(),
     }
 }
 
@@ -333,5 +541,21 @@ mod tests {
         assert_eq!(safe_prefix("hello EN", &stops, 3), 6);
         assert_eq!(safe_prefix("hello", &stops, 3), 5);
         assert_eq!(safe_prefix("héé", &[], 0), 5);
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_first() {
+        let logits = [1.0f32, 3.0, f32::NAN, 2.0, 3.0];
+        let lp = logprobs(&logits, 3, 3);
+        let sum: f64 = [1.0f64, 3.0, 2.0, 3.0].iter().map(|l| l.exp()).sum();
+        let expect = |l: f64| (l - sum.ln()) as f32;
+        assert!((lp.logprob - expect(2.0)).abs() < 1e-6);
+        assert_eq!(
+            lp.top.iter().map(|&(i, _)| i).collect::<Vec<_>>(),
+            [1, 4, 3]
+        );
+        assert!((lp.top[0].1 - expect(3.0)).abs() < 1e-6);
+        assert_eq!(logprobs(&logits, 2, 0).logprob, f32::NEG_INFINITY);
+        assert!(logprobs(&logits, 0, 0).top.is_empty());
     }
 }

@@ -197,7 +197,7 @@ fn issue_4_generation_stops_and_reuses_the_cache() {
     let mut streamed = String::new();
     let out = s
         .generate(&prompt, &params, |t| {
-            streamed.push_str(t.text);
+            streamed.push_str(&t.text);
             ControlFlow::Continue(())
         })
         .unwrap();
@@ -230,7 +230,7 @@ fn issue_4_generation_stops_and_reuses_the_cache() {
                 ..params.clone()
             },
             |t| {
-                streamed.push_str(t.text);
+                streamed.push_str(&t.text);
                 ControlFlow::Continue(())
             },
         )
@@ -352,4 +352,76 @@ fn issue_5_f32_and_f16_caches_agree_closely_and_every_kernel_level_gives_the_sam
             }
         }
     }
+}
+
+/// Two generations interleaved a token at a time, each in its own slot, give exactly what each
+/// gives alone: the slots keep their sequences apart.
+#[test]
+fn issue_6_interleaved_slots_generate_what_each_would_alone() {
+    let gguf = synth::gguf(&Config::default(), GgmlType::Q8_0).unwrap();
+    let (model, tok) = session(&gguf);
+    let params = |seed| GenerateParams {
+        max_tokens: 20,
+        sampler: SamplerConfig {
+            seed,
+            ..SamplerConfig::default()
+        },
+        ignore_eos: true,
+        logprobs: Some(2),
+        ..GenerateParams::default()
+    };
+    let prompts = [
+        tok.encode("the cat is", true).unwrap(),
+        tok.encode("a dog ran far away", true).unwrap(),
+    ];
+    let alone: Vec<_> = prompts
+        .iter()
+        .zip([7, 8])
+        .map(|(p, seed)| {
+            let mut s = Session::new(Qwen2::load(&model, Cpu::new(1), 64).unwrap(), tok.clone());
+            let mut logprobs = Vec::new();
+            let out = s
+                .generate(p, &params(seed), |t| {
+                    logprobs.extend(t.logprobs.clone());
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            (out, logprobs)
+        })
+        .collect();
+
+    let mut s = Session::new(Qwen2::load(&model, Cpu::new(1), 64).unwrap(), tok.clone());
+    let mut other = s.new_slot().unwrap();
+    // Slot A is in the session; B waits in `other`. Swap before each step of the other one.
+    let mut a = s.start(&prompts[0], &params(7)).unwrap();
+    s.swap_slot(&mut other).unwrap();
+    let mut b = s.start(&prompts[1], &params(8)).unwrap();
+    let mut logprobs = [Vec::new(), Vec::new()];
+    let mut in_session = 1;
+    while !(a.is_finished() && b.is_finished()) {
+        for (i, g) in [&mut a, &mut b].into_iter().enumerate() {
+            if g.is_finished() {
+                continue;
+            }
+            if in_session != i {
+                s.swap_slot(&mut other).unwrap();
+                in_session = i;
+            }
+            if let Some(t) = s.step(g).unwrap() {
+                logprobs[i].extend(t.logprobs);
+            }
+        }
+    }
+    for (i, g) in [a, b].into_iter().enumerate() {
+        let out = g.into_outcome();
+        assert_eq!(out, alone[i].0, "sequence {i}");
+        assert_eq!(logprobs[i], alone[i].1, "sequence {i}");
+        assert_eq!(logprobs[i].len(), 20);
+        assert!(logprobs[i].iter().all(|l| l.top.len() == 2 && l.logprob <= 0.0));
+    }
+    // A slot shaped for another model is refused.
+    let small = Qwen2::load(&model, Cpu::new(1), 32).unwrap();
+    let mut s2 = Session::new(small, tok);
+    let mut wrong = s2.new_slot().unwrap();
+    assert!(s.swap_slot(&mut wrong).is_err());
 }

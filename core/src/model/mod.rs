@@ -4,4 +4,4 @@ pub mod config;
 pub mod qwen2;
 
 pub use config::Config;
-pub use qwen2::{Logits, Observer, Op, Qwen2};
+pub use qwen2::{KvCache, Logits, Observer, Op, Qwen2};

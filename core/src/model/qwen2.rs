@@ -133,8 +133,48 @@ struct Block<'w, B: Backend> {
     w_gate: B::Matrix<'w>, // [ffn, hidden]
     w_up: B::Matrix<'w>,   // [ffn, hidden]
     w_down: B::Matrix<'w>, // [hidden, ffn]
-    k_cache: B::Cache,     // [ctx, kv_width]
-    v_cache: B::Cache,     // [ctx, kv_width]
+}
+
+/// The keys and values of one sequence, for every layer, and how many positions they hold. A
+/// [`Qwen2`] attends over the cache it holds; a server keeps one per request slot and swaps them
+/// in and out with [`Qwen2::swap_cache`], so the weights are shared and each sequence keeps its
+/// own context.
+pub struct KvCache<B: Backend> {
+    layers: Vec<(B::Cache, B::Cache)>, // per layer: keys, values, each [ctx, kv_width]
+    ctx: usize,
+    kv_type: KvType,
+    pos: usize,
+}
+
+impl<B: Backend> core::fmt::Debug for KvCache<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("layers", &self.layers.len())
+            .field("ctx", &self.ctx)
+            .field("kv_type", &self.kv_type)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+impl<B: Backend> KvCache<B> {
+    fn new(backend: &mut B, config: &Config, ctx: usize, kv_type: KvType) -> Result<Self> {
+        let len = ctx * config.kv_width();
+        let layers = (0..config.layers)
+            .map(|_| Ok((backend.cache(len, kv_type)?, backend.cache(len, kv_type)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            ctx,
+            kv_type,
+            pos: 0,
+        })
+    }
+
+    /// Positions evaluated into this cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
 }
 
 /// Activations for one batch, allocated once.
@@ -156,8 +196,7 @@ pub struct Qwen2<'w, B: Backend> {
     config: Config,
     backend: B,
     ctx: usize,
-    kv_type: KvType,
-    pos: usize,
+    cache: KvCache<B>,
     embed: B::Matrix<'w>,           // [vocab, hidden]
     lm_head: Option<B::Matrix<'w>>, // [vocab, hidden]; None when tied to `embed`
     output_norm: B::Buf,            // [hidden]
@@ -170,8 +209,7 @@ impl<'w, B: Backend> core::fmt::Debug for Qwen2<'w, B> {
         f.debug_struct("Qwen2")
             .field("config", &self.config)
             .field("backend", &self.backend.name())
-            .field("ctx", &self.ctx)
-            .field("pos", &self.pos)
+            .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
 }
@@ -277,10 +315,9 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 w_gate: matrix(b, model, &n("ffn_gate.weight"), ffn, hidden)?,
                 w_up: matrix(b, model, &n("ffn_up.weight"), ffn, hidden)?,
                 w_down: matrix(b, model, &n("ffn_down.weight"), hidden, ffn)?,
-                k_cache: b.cache(ctx * kv, kv_type)?,
-                v_cache: b.cache(ctx * kv, kv_type)?,
             });
         }
+        let cache = KvCache::new(b, &config, ctx, kv_type)?;
         let s = Scratch {
             x: b.zeros(BATCH * hidden)?,
             xn: b.zeros(BATCH * hidden)?,
@@ -297,8 +334,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             config,
             backend,
             ctx,
-            kv_type,
-            pos: 0,
+            cache,
             embed,
             lm_head,
             output_norm,
@@ -309,7 +345,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
 
     /// How the KV cache stores keys and values.
     pub fn kv_type(&self) -> KvType {
-        self.kv_type
+        self.cache.kv_type
     }
 
     /// The model's shape.
@@ -329,12 +365,47 @@ impl<'w, B: Backend> Qwen2<'w, B> {
 
     /// Positions already evaluated (the next token goes at this position).
     pub fn position(&self) -> usize {
-        self.pos
+        self.cache.pos
     }
 
     /// Forgets every position from `len` on; the next token goes at `len`.
     pub fn truncate(&mut self, len: usize) {
-        self.pos = self.pos.min(len);
+        self.cache.pos = self.cache.pos.min(len);
+    }
+
+    /// A new, empty KV cache shaped like the model's own, to swap in with
+    /// [`Qwen2::swap_cache`].
+    pub fn new_cache(&mut self) -> Result<KvCache<B>> {
+        KvCache::new(
+            &mut self.backend,
+            &self.config,
+            self.ctx,
+            self.cache.kv_type,
+        )
+    }
+
+    /// Exchanges the model's KV cache with `cache`: the model goes on from `cache`'s positions,
+    /// and `cache` keeps the sequence the model held. Fails, changing nothing, for a cache shaped
+    /// for another model.
+    pub fn swap_cache(&mut self, cache: &mut KvCache<B>) -> Result<()> {
+        let ours = &self.cache;
+        if cache.layers.len() != ours.layers.len()
+            || cache.ctx != ours.ctx
+            || cache.kv_type != ours.kv_type
+        {
+            return Err(Error::Invalid(format!(
+                "a KV cache of {} layers, {} positions and {:?} does not fit a model with {} \
+                 layers, {} positions and {:?}",
+                cache.layers.len(),
+                cache.ctx,
+                cache.kv_type,
+                ours.layers.len(),
+                ours.ctx,
+                ours.kv_type
+            )));
+        }
+        core::mem::swap(&mut self.cache, cache);
+        Ok(())
     }
 
     /// Evaluates `tokens` at the next positions and returns their logits (`[vocab]` for
@@ -358,7 +429,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
         if tokens.is_empty() {
             return Err(Error::Invalid("nothing to evaluate: no tokens".into()));
         }
-        let need = self.pos.saturating_add(tokens.len());
+        let need = self.cache.pos.saturating_add(tokens.len());
         if need > self.ctx {
             return Err(Error::ContextFull {
                 need,
@@ -402,7 +473,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
         } = self.config;
         let kv = self.config.kv_width();
         let rows = tokens.len();
-        let pos0 = self.pos;
+        let pos0 = self.cache.pos;
         let bk = &mut self.backend;
         let s = &mut self.s;
 
@@ -427,7 +498,12 @@ impl<'w, B: Backend> Qwen2<'w, B> {
 
         op!(Op::Embed, bk.embed(&self.embed, tokens, &mut s.x));
         report(bk, &s.x, 0, obs)?;
-        for (l, b) in self.blocks.iter_mut().enumerate() {
+        for (l, (b, (k_cache, v_cache))) in self
+            .blocks
+            .iter()
+            .zip(self.cache.layers.iter_mut())
+            .enumerate()
+        {
             op!(
                 Op::RmsNorm,
                 bk.rms_norm(&s.x, &b.attn_norm, eps, rows, &mut s.xn)
@@ -448,8 +524,8 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 bk.rope(&mut s.k, rows, kv_heads, head_dim, pos0, rope_theta)
             });
             op!(Op::KvStore, {
-                bk.store(&s.k, &mut b.k_cache, pos0, rows, kv)?;
-                bk.store(&s.v, &mut b.v_cache, pos0, rows, kv)
+                bk.store(&s.k, k_cache, pos0, rows, kv)?;
+                bk.store(&s.v, v_cache, pos0, rows, kv)
             });
             let shape = AttnShape {
                 rows,
@@ -460,7 +536,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             };
             op!(
                 Op::Attention,
-                bk.attention(&s.q, &b.k_cache, &b.v_cache, shape, &mut s.att)
+                bk.attention(&s.q, k_cache, v_cache, shape, &mut s.att)
             );
             op!(Op::AttnOutput, bk.matmul(&b.wo, &s.att, rows, &mut s.proj));
             op!(Op::Residual, bk.add(&mut s.x, &s.proj, rows * hidden));
@@ -484,7 +560,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             op!(Op::Residual, bk.add(&mut s.x, &s.proj, rows * hidden));
             report(bk, &s.x, l + 1, obs)?;
         }
-        self.pos = pos0 + rows;
+        self.cache.pos = pos0 + rows;
         if logit_rows == 0 {
             return Ok(());
         }

@@ -44,6 +44,7 @@ pub(crate) fn timed(session: &mut Session<'_, Cpu>, prompt: &[u32], tokens: usiz
         stop: Vec::new(),
         ignore_eos: true,
         truncate_prompt: false,
+        logprobs: None,
     };
     let start = Instant::now();
     let mut at = Vec::with_capacity(tokens);

@@ -49,6 +49,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
         truncate_prompt: args.truncate,
+        logprobs: None,
     };
     let mut load_ms = load.as_secs_f64() * 1e3;
     if !args.quiet && !args.json {
