@@ -89,6 +89,10 @@ if $want_tests && ! python3 -c 'import gguf, numpy' 2>/dev/null; then
     say "installing the Python gguf and numpy packages (the reference for GGUF and ggml quants)"
     pip_install 'gguf>=0.17' numpy
 fi
+if $want_tests && ! python3 -c 'import openai' 2>/dev/null; then
+    say "installing the Python openai package (the server's real-client test)"
+    pip_install 'openai>=1.40'
+fi
 
 # The Hugging Face libraries that must load the folders apr writes: torch, transformers,
 # tokenizers. torch is large, so they get their own virtual environment, kept between runs.

@@ -61,6 +61,16 @@ pub(crate) enum Command {
     /// after it, over --iterations requests of the prompt plus exactly --max-tokens greedy
     /// tokens.
     Profile(ProfileArgs),
+    /// Serve the model over HTTP with an OpenAI-compatible API: /v1/completions,
+    /// /v1/chat/completions (with Server-Sent Events streaming), /v1/models, /health, /metrics,
+    /// /tokenize and /detokenize.
+    ///
+    /// One engine owns the model; --parallel request slots take turns a token at a time, each
+    /// with its own KV cache of --ctx-size positions, and up to --max-queue more requests wait
+    /// (beyond that: 429). SIGTERM or Ctrl-C stops accepting, lets running requests finish (up
+    /// to --drain-timeout seconds) and exits 0. Every option can also come from a TOML --config
+    /// file under the same name (`ctx-size = 2048`); flags win.
+    Serve(ServeArgs),
     /// Print the token ids of a text.
     Tokenize(TokenizeArgs),
     /// Print the text of token ids.
@@ -254,6 +264,45 @@ pub(crate) struct ProfileArgs {
     pub(crate) no_special: bool,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The model file or hf:// reference (or `model` in --config).
+    pub(crate) model: Option<String>,
+    /// A TOML file with any of these options, named as the flags are (`port = 8001`).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1; 0.0.0.0 for every interface].
+    #[arg(long)]
+    pub(crate) host: Option<String>,
+    /// Port to listen on [default: 8080; 0 picks a free one].
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long, env = "APR_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+    /// Positions each slot's KV cache holds (prompt and answer together) [default: 4096].
+    #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..=131072))]
+    pub(crate) ctx_size: Option<u32>,
+    /// Requests generated at once, taking turns a token at a time [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) parallel: Option<u16>,
+    /// Requests that may wait for a slot; more are answered 429 [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub(crate) max_queue: Option<u32>,
+    /// Allow browsers on these origins (or `*`) to call the API; without it, no CORS headers.
+    #[arg(long, num_args = 1..)]
+    pub(crate) cors_origin: Vec<String>,
+    /// Threads for the matrix products [default: the physical cores].
+    #[arg(long, short = 't', value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
+    /// How the KV cache stores keys and values [default: f16].
+    #[arg(long, value_parser = ["f16", "f32"])]
+    pub(crate) kv_type: Option<String>,
+    /// Seconds that running requests get to finish after SIGTERM [default: 30].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub(crate) drain_timeout: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod atomic;
 mod commands;
 mod hub;
 mod output;
+mod server;
 mod system;
 
 use std::process::ExitCode;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => commands::trace::run(args),
         Command::Showcase(args) => commands::showcase::run(args),
         Command::Profile(args) => commands::profile::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Detokenize(args) => commands::tokenize::run_detokenize(args),
         Command::Eval {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_hub;
+pub mod http;
 
 use std::ffi::OsString;
 use std::fs::File;
