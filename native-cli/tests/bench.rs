@@ -7,18 +7,8 @@ mod common;
 use std::fs;
 
 use apr_core::dtype::GgmlType;
-use apr_core::synth::{self, Config};
-use common::Apr;
+use common::{Apr, tiny};
 use serde_json::Value;
-
-fn tiny(apr: &Apr, name: &str, ty: GgmlType) -> String {
-    fs::write(
-        apr.dir().join(name),
-        synth::gguf(&Config::default(), ty).unwrap(),
-    )
-    .unwrap();
-    name.to_string()
-}
 
 fn json(apr: &Apr, path: &str) -> Value {
     serde_json::from_str(&fs::read_to_string(apr.dir().join(path)).unwrap()).unwrap()

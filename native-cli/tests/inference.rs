@@ -11,17 +11,8 @@ use std::process::{Command, Stdio};
 
 use apr_core::dtype::GgmlType;
 use apr_core::synth::{self, Config};
-use common::{Apr, real_model};
+use common::{Apr, real_model, tiny};
 use serde_json::Value;
-
-fn tiny(apr: &Apr, name: &str, ty: GgmlType) -> String {
-    fs::write(
-        apr.dir().join(name),
-        synth::gguf(&Config::default(), ty).unwrap(),
-    )
-    .unwrap();
-    name.to_string()
-}
 
 fn apr_with_stdin(dir: &Path, args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_apr"))

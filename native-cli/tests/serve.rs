@@ -11,19 +11,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use apr_core::dtype::GgmlType;
-use apr_core::synth::{self, Config};
 use common::http::{Reply, Server, request};
-use common::{Apr, real_model};
+use common::{Apr, real_model, tiny};
 use serde_json::{Value, json};
-
-fn tiny(apr: &Apr, name: &str, ty: GgmlType) -> String {
-    fs::write(
-        apr.dir().join(name),
-        synth::gguf(&Config::default(), ty).unwrap(),
-    )
-    .unwrap();
-    name.to_string()
-}
 
 /// An OpenAI-shaped error with this status.
 fn assert_error(reply: &Reply, status: u16, what: &str) {

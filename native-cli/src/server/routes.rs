@@ -21,7 +21,7 @@ use futures_util::Stream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
@@ -430,23 +430,59 @@ async fn finish(
     }
 }
 
-/// An event stream from the engine's events: `on_event` turns each into SSE events and says
-/// when the stream is over; `data: [DONE]` closes it.
-fn sse(
+/// How a stream's chunks look: `wrap` puts a choice inside the fields every chunk carries, and
+/// `closing` is the choice of the last chunk, which gets the finish reason.
+struct Chunks<W> {
+    wrap: W,
+    closing: Value,
+    include_usage: bool,
+}
+
+impl<W: Fn(Value) -> Value> Chunks<W> {
+    fn choice(&self, choice: Value) -> SseEvent {
+        chunk(&(self.wrap)(choice))
+    }
+
+    /// The last chunk (finish reason and timings), then usage when asked for.
+    fn close(&self, done: &Finished, out: &mut VecDeque<SseEvent>) {
+        let o = &done.outcome;
+        let mut closing = self.closing.clone();
+        closing["finish_reason"] = json!(o.stop.finish_reason());
+        let mut last = (self.wrap)(closing);
+        last["timings"] = json!(ApiTimings::of(o, &done.timings, done.queue_ms));
+        out.push_back(chunk(&last));
+        if self.include_usage {
+            let mut usage = (self.wrap)(Value::Null);
+            usage["choices"] = json!([]);
+            usage["usage"] = json!(Usage::of(o));
+            out.push_back(chunk(&usage));
+        }
+    }
+}
+
+/// An event stream from the engine's events: `on_token` turns each token into chunks; the end
+/// of generation becomes the closing chunks, a failure an error event, and `data: [DONE]` ends
+/// the stream.
+fn sse<W: Fn(Value) -> Value + Send + 'static>(
     first: Vec<SseEvent>,
     rx: mpsc::UnboundedReceiver<Event>,
-    on_event: impl FnMut(Event, &mut VecDeque<SseEvent>) -> bool + Send + 'static,
+    chunks: Chunks<W>,
+    on_token: impl FnMut(apr_core::generate::Token, &Chunks<W>, &mut VecDeque<SseEvent>)
+    + Send
+    + 'static,
 ) -> Response {
-    struct Pump<F> {
+    struct Pump<W, F> {
         rx: mpsc::UnboundedReceiver<Event>,
         out: VecDeque<SseEvent>,
-        on_event: F,
+        chunks: Chunks<W>,
+        on_token: F,
         over: bool,
     }
     let pump = Pump {
         rx,
         out: first.into(),
-        on_event,
+        chunks,
+        on_token,
         over: false,
     };
     let stream = futures_util::stream::unfold(pump, |mut p| async move {
@@ -457,18 +493,17 @@ fn sse(
             if p.over {
                 return None;
             }
-            let ended = match p.rx.recv().await {
-                Some(e) => (p.on_event)(e, &mut p.out),
-                None => {
-                    p.out
-                        .push_back(data(&ApiError::internal("the engine stopped").to_json()));
-                    true
+            match p.rx.recv().await {
+                Some(Event::Token(t)) => {
+                    (p.on_token)(t, &p.chunks, &mut p.out);
+                    continue;
                 }
-            };
-            if ended {
-                p.out.push_back(SseEvent::default().data("[DONE]"));
-                p.over = true;
+                Some(Event::Done(done)) => p.chunks.close(&done, &mut p.out),
+                Some(Event::Failed(why)) => p.out.push_back(failed(why)),
+                None => p.out.push_back(failed("the engine stopped".into())),
             }
+            p.out.push_back(SseEvent::default().data("[DONE]"));
+            p.over = true;
         }
     });
     sse_response(stream)
@@ -480,6 +515,11 @@ fn sse_response(
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// An error inside a stream that has already begun: OpenAI's error body as an event.
+fn failed(why: String) -> SseEvent {
+    data(&ApiError::internal(why).to_json())
 }
 
 fn data(json: &str) -> SseEvent {
@@ -529,62 +569,41 @@ async fn completions(
         }))
         .into_response());
     }
-    let include_usage = c.include_usage;
-    let tokenizer = m.clone();
-    let body = move |choice: serde_json::Value| {
-        json!({
-            "id": head.id,
-            "object": "text_completion",
-            "created": head.created,
-            "model": head.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": [choice],
-        })
+    let chunks = Chunks {
+        wrap: move |choice: Value| {
+            json!({
+                "id": head.id,
+                "object": "text_completion",
+                "created": head.created,
+                "model": head.model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [choice],
+            })
+        },
+        closing: json!({"text": "", "index": 0, "logprobs": null}),
+        include_usage: c.include_usage,
     };
     let mut first = Vec::new();
     if !echo.is_empty() {
-        first.push(chunk(&body(json!({
+        first.push(chunks.choice(json!({
             "text": echo, "index": 0, "logprobs": null, "finish_reason": null,
-        }))));
+        })));
     }
     let mut offset = echo.len();
-    Ok(sse(first, rx, move |event, out| match event {
-        Event::Token(t) => {
-            let logprobs = match (t.id, &t.logprobs) {
-                (Some(id), Some(lp)) => {
-                    let mut one = CompletionLogprobs::default();
-                    one.push(&tokenizer.tokenizer, id, lp, offset);
-                    Some(one)
-                }
-                _ => None,
-            };
-            offset += t.text.len();
-            if !t.text.is_empty() || logprobs.is_some() {
-                out.push_back(chunk(&body(json!({
-                    "text": t.text, "index": 0, "logprobs": logprobs, "finish_reason": null,
-                }))));
+    Ok(sse(first, rx, chunks, move |t, chunks, out| {
+        let logprobs = match (t.id, &t.logprobs) {
+            (Some(id), Some(lp)) => {
+                let mut one = CompletionLogprobs::default();
+                one.push(&m.tokenizer, id, lp, offset);
+                Some(one)
             }
-            false
-        }
-        Event::Done(done) => {
-            let o = &done.outcome;
-            let mut last = body(json!({
-                "text": "", "index": 0, "logprobs": null,
-                "finish_reason": o.stop.finish_reason(),
-            }));
-            last["timings"] = json!(ApiTimings::of(o, &done.timings, done.queue_ms));
-            out.push_back(chunk(&last));
-            if include_usage {
-                let mut usage = body(json!(null));
-                usage["choices"] = json!([]);
-                usage["usage"] = json!(Usage::of(o));
-                out.push_back(chunk(&usage));
-            }
-            true
-        }
-        Event::Failed(why) => {
-            out.push_back(data(&ApiError::internal(why).to_json()));
-            true
+            _ => None,
+        };
+        offset += t.text.len();
+        if !t.text.is_empty() || logprobs.is_some() {
+            out.push_back(chunks.choice(json!({
+                "text": t.text, "index": 0, "logprobs": logprobs, "finish_reason": null,
+            })));
         }
     }))
 }
@@ -635,60 +654,40 @@ async fn chat(
         }))
         .into_response());
     }
-    let include_usage = c.include_usage;
-    let body = move |choice: serde_json::Value| {
-        json!({
-            "id": head.id,
-            "object": "chat.completion.chunk",
-            "created": head.created,
-            "model": head.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": [choice],
-        })
+    let chunks = Chunks {
+        wrap: move |choice: Value| {
+            json!({
+                "id": head.id,
+                "object": "chat.completion.chunk",
+                "created": head.created,
+                "model": head.model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [choice],
+            })
+        },
+        closing: json!({"index": 0, "delta": {}, "logprobs": null}),
+        include_usage: c.include_usage,
     };
-    let first = vec![chunk(&body(json!({
+    let first = vec![chunks.choice(json!({
         "index": 0,
         "delta": { "role": "assistant", "content": "" },
         "logprobs": null,
         "finish_reason": null,
-    })))];
-    Ok(sse(first, rx, move |event, out| match event {
-        Event::Token(t) => {
-            let logprobs = match (t.id, &t.logprobs) {
-                (Some(id), Some(lp)) => Some(ChatLogprobs {
-                    content: vec![ChatTokenLogprob::of(&m.tokenizer, id, lp)],
-                }),
-                _ => None,
-            };
-            if !t.text.is_empty() || logprobs.is_some() {
-                out.push_back(chunk(&body(json!({
-                    "index": 0,
-                    "delta": { "content": t.text },
-                    "logprobs": logprobs,
-                    "finish_reason": null,
-                }))));
-            }
-            false
-        }
-        Event::Done(done) => {
-            let o = &done.outcome;
-            let mut last = body(json!({
-                "index": 0, "delta": {}, "logprobs": null,
-                "finish_reason": o.stop.finish_reason(),
-            }));
-            last["timings"] = json!(ApiTimings::of(o, &done.timings, done.queue_ms));
-            out.push_back(chunk(&last));
-            if include_usage {
-                let mut usage = body(json!(null));
-                usage["choices"] = json!([]);
-                usage["usage"] = json!(Usage::of(o));
-                out.push_back(chunk(&usage));
-            }
-            true
-        }
-        Event::Failed(why) => {
-            out.push_back(data(&ApiError::internal(why).to_json()));
-            true
+    }))];
+    Ok(sse(first, rx, chunks, move |t, chunks, out| {
+        let logprobs = match (t.id, &t.logprobs) {
+            (Some(id), Some(lp)) => Some(ChatLogprobs {
+                content: vec![ChatTokenLogprob::of(&m.tokenizer, id, lp)],
+            }),
+            _ => None,
+        };
+        if !t.text.is_empty() || logprobs.is_some() {
+            out.push_back(chunks.choice(json!({
+                "index": 0,
+                "delta": { "content": t.text },
+                "logprobs": logprobs,
+                "finish_reason": null,
+            })));
         }
     }))
 }

@@ -57,6 +57,16 @@ pub fn real_model() -> PathBuf {
         .join(REAL_MODEL_FILE)
 }
 
+/// A tiny generated qwen2 model of weight type `ty`, written as `name` in `apr`'s folder.
+pub fn tiny(apr: &Apr, name: &str, ty: apr_core::dtype::GgmlType) -> String {
+    std::fs::write(
+        apr.dir().join(name),
+        apr_core::synth::gguf(&apr_core::synth::Config::default(), ty).unwrap(),
+    )
+    .unwrap();
+    name.to_string()
+}
+
 /// An `http://127.0.0.1:PORT` where nothing listens.
 pub fn closed_port_endpoint() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
