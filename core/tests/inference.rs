@@ -417,7 +417,11 @@ fn issue_6_interleaved_slots_generate_what_each_would_alone() {
         assert_eq!(out, alone[i].0, "sequence {i}");
         assert_eq!(logprobs[i], alone[i].1, "sequence {i}");
         assert_eq!(logprobs[i].len(), 20);
-        assert!(logprobs[i].iter().all(|l| l.top.len() == 2 && l.logprob <= 0.0));
+        assert!(
+            logprobs[i]
+                .iter()
+                .all(|l| l.top.len() == 2 && l.logprob <= 0.0)
+        );
     }
     // A slot shaped for another model is refused.
     let small = Qwen2::load(&model, Cpu::new(1), 32).unwrap();
