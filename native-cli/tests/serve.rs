@@ -1008,3 +1008,33 @@ fn issue_6_seed_part_3_on_the_real_model() {
         );
     }
 }
+
+/// A client that never finishes its request head is disconnected (after the 10 s header
+/// deadline), and does not hold anything up meanwhile.
+#[test]
+fn issue_6_a_slow_client_is_timed_out() {
+    let apr = Apr::new();
+    let m = tiny(&apr, "m.gguf", GgmlType::Q8_0);
+    let server = Server::start(apr.dir(), &[&m]);
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // Others are served while it dawdles.
+    let ok = server.post("/v1/completions", &json!({"prompt": "x", "max_tokens": 2}));
+    assert_eq!(ok.status, 200);
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    // The server closes the connection (with or without a 408 first).
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(55),
+        "the connection stayed open"
+    );
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
