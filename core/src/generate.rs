@@ -419,31 +419,102 @@ impl<'w, B: Backend> Session<'w, B> {
     /// until the end.
     pub fn step(&mut self, generation: &mut Generation) -> Result<Option<Token>> {
         let g = generation;
-        match g.phase {
-            Phase::Running => {}
-            Phase::Flushing => return Ok(g.flush()),
-            Phase::Done => return Ok(None),
+        match self.prepare(g, self.model.position()) {
+            Prepared::Out(token) => Ok(token),
+            Prepared::Evaluate(id) => {
+                match self.model.forward(&[id], Logits::Last) {
+                    Ok(logits) => g.logits = logits,
+                    Err(e) => {
+                        g.phase = Phase::Done;
+                        return Err(e);
+                    }
+                }
+                self.cached.push(id);
+                Ok(self.sample(g))
+            }
+            Prepared::Sample => Ok(self.sample(g)),
         }
-        if g.pending.is_some() && self.model.position() >= self.model.context_size() {
-            return Ok(g.finish(StopReason::ContextFull));
+    }
+
+    /// [`Session::step`] for several generations at once, each with its own slot (none of them
+    /// swapped in): the tokens they need evaluated go through the model together
+    /// ([`Qwen2::forward_each`]), so each weight matrix is read once for all of them. Returns
+    /// each generation's next token (`None` once it has finished), in order; the results are
+    /// the same as stepping each alone.
+    pub fn step_each(
+        &mut self,
+        batch: &mut [(&mut Slot<B>, &mut Generation)],
+    ) -> Result<Vec<Option<Token>>> {
+        let mut decided: Vec<Option<Option<Token>>> = alloc::vec![None; batch.len()];
+        let mut ids = Vec::new();
+        let mut rows = Vec::new();
+        for (i, (slot, g)) in batch.iter_mut().enumerate() {
+            match self.prepare(g, slot.cache.position()) {
+                Prepared::Out(token) => decided[i] = Some(token),
+                Prepared::Evaluate(id) => {
+                    ids.push(id);
+                    rows.push(i);
+                }
+                Prepared::Sample => {}
+            }
         }
-        if g.outcome.tokens.len() >= g.params.max_tokens {
-            return Ok(g.finish(StopReason::MaxTokens));
-        }
-        if let Some(id) = g.pending.take() {
-            match self.model.forward(&[id], Logits::Last) {
-                Ok(logits) => g.logits = logits,
+        if !ids.is_empty() {
+            let mut caches: Vec<&mut KvCache<B>> = batch
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| rows.contains(i))
+                .map(|(_, (slot, _))| &mut slot.cache)
+                .collect();
+            let logits = match self.model.forward_each(&ids, &mut caches) {
+                Ok(logits) => logits,
                 Err(e) => {
-                    g.phase = Phase::Done;
+                    for &i in &rows {
+                        batch[i].1.phase = Phase::Done;
+                    }
                     return Err(e);
                 }
+            };
+            let vocab = self.model.config().vocab;
+            for ((row, &i), &id) in logits.chunks_exact(vocab).zip(&rows).zip(&ids) {
+                let (slot, g) = &mut batch[i];
+                g.logits.clear();
+                g.logits.extend_from_slice(row);
+                slot.cached.push(id);
             }
-            self.cached.push(id);
         }
+        Ok(batch
+            .iter_mut()
+            .zip(decided)
+            .map(|((_, g), d)| d.unwrap_or_else(|| self.sample(g)))
+            .collect())
+    }
+
+    /// The checks before a step, for a sequence whose cache holds `position` positions.
+    fn prepare(&self, g: &mut Generation, position: usize) -> Prepared {
+        match g.phase {
+            Phase::Running => {}
+            Phase::Flushing => return Prepared::Out(g.flush()),
+            Phase::Done => return Prepared::Out(None),
+        }
+        if g.pending.is_some() && position >= self.model.context_size() {
+            return Prepared::Out(g.finish(StopReason::ContextFull));
+        }
+        if g.outcome.tokens.len() >= g.params.max_tokens {
+            return Prepared::Out(g.finish(StopReason::MaxTokens));
+        }
+        match g.pending.take() {
+            Some(id) => Prepared::Evaluate(id),
+            None => Prepared::Sample,
+        }
+    }
+
+    /// Samples from `g.logits` and hands out the token (`None` when it ends generation with
+    /// nothing held back): the half of a step after the model.
+    fn sample(&self, g: &mut Generation) -> Option<Token> {
         let raw = g.params.logprobs.map(|_| g.logits.clone());
         let id = g.sampler.sample(&mut g.logits, &g.recent);
         if !g.params.ignore_eos && self.tokenizer.is_end_of_generation(id) {
-            return Ok(g.finish(StopReason::Eos));
+            return g.finish(StopReason::Eos);
         }
         g.outcome.tokens.push(id);
         g.recent.push(id);
@@ -473,8 +544,18 @@ impl<'w, B: Backend> Session<'w, B> {
         } else {
             g.pending = Some(id);
         }
-        Ok(Some(token))
+        Some(token)
     }
+}
+
+/// What a step needs once its checks are done.
+enum Prepared {
+    /// Nothing from the model: this is the step's result.
+    Out(Option<Token>),
+    /// The pending token must be evaluated before sampling.
+    Evaluate(u32),
+    /// The logits are ready.
+    Sample,
 }
 
 /// The log-softmax of `logits` at `id`, and the `top` most likely entries'. NaN logits count as

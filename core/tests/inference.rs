@@ -429,3 +429,86 @@ fn issue_6_interleaved_slots_generate_what_each_would_alone() {
     let mut wrong = s2.new_slot().unwrap();
     assert!(s.swap_slot(&mut wrong).is_err());
 }
+
+/// Several generations stepped together, their tokens evaluated in one batch, give exactly what
+/// each gives alone, even as some finish before the others.
+#[test]
+fn issue_6_batched_slots_generate_what_each_would_alone() {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F16] {
+        let gguf = synth::gguf(&Config::default(), ty).unwrap();
+        let (model, tok) = session(&gguf);
+        let cases = [
+            ("the cat is", 20, 11, None),
+            ("a dog ran far away", 7, 12, None),
+            ("hello", 15, 13, Some("e")),
+        ];
+        let params = |max_tokens, seed, stop: Option<&str>| GenerateParams {
+            max_tokens,
+            sampler: SamplerConfig {
+                seed,
+                ..SamplerConfig::default()
+            },
+            stop: stop.into_iter().map(String::from).collect(),
+            ignore_eos: true,
+            logprobs: Some(1),
+            ..GenerateParams::default()
+        };
+        let alone: Vec<_> = cases
+            .iter()
+            .map(|&(p, max, seed, stop)| {
+                let mut s =
+                    Session::new(Qwen2::load(&model, Cpu::new(2), 64).unwrap(), tok.clone());
+                let mut pieces = Vec::new();
+                let out = s
+                    .generate(
+                        &tok.encode(p, true).unwrap(),
+                        &params(max, seed, stop),
+                        |t| {
+                            pieces.push(t.clone());
+                            ControlFlow::Continue(())
+                        },
+                    )
+                    .unwrap();
+                (out, pieces)
+            })
+            .collect();
+
+        let mut s = Session::new(Qwen2::load(&model, Cpu::new(2), 64).unwrap(), tok.clone());
+        let mut slots: Vec<_> = cases.iter().map(|_| s.new_slot().unwrap()).collect();
+        let mut gens: Vec<_> = cases
+            .iter()
+            .zip(&mut slots)
+            .map(|(&(p, max, seed, stop), slot)| {
+                s.swap_slot(slot).unwrap();
+                let g = s
+                    .start(&tok.encode(p, true).unwrap(), &params(max, seed, stop))
+                    .unwrap();
+                s.swap_slot(slot).unwrap();
+                g
+            })
+            .collect();
+        let mut pieces = vec![Vec::new(); cases.len()];
+        loop {
+            let live: Vec<usize> = (0..cases.len())
+                .filter(|&i| !gens[i].is_finished())
+                .collect();
+            if live.is_empty() {
+                break;
+            }
+            let mut batch: Vec<_> = slots
+                .iter_mut()
+                .zip(gens.iter_mut())
+                .filter(|(_, g)| !g.is_finished())
+                .collect();
+            let tokens = s.step_each(&mut batch).unwrap();
+            assert_eq!(tokens.len(), live.len());
+            for (i, t) in live.into_iter().zip(tokens) {
+                pieces[i].extend(t);
+            }
+        }
+        for (i, g) in gens.into_iter().enumerate() {
+            assert_eq!(g.into_outcome(), alone[i].0, "{ty} sequence {i}");
+            assert_eq!(pieces[i], alone[i].1, "{ty} sequence {i}");
+        }
+    }
+}

@@ -65,9 +65,9 @@ pub(crate) enum Command {
     /// /v1/chat/completions (with Server-Sent Events streaming), /v1/models, /health, /metrics,
     /// /tokenize and /detokenize.
     ///
-    /// One engine owns the model; --parallel request slots take turns a token at a time, each
-    /// with its own KV cache of --ctx-size positions, and up to --max-queue more requests wait
-    /// (beyond that: 429). SIGTERM or Ctrl-C stops accepting, lets running requests finish (up
+    /// One engine owns the model; --parallel request slots, each with its own KV cache of
+    /// --ctx-size positions, decode together in one batch, and up to --max-queue more requests
+    /// wait (beyond that: 429). SIGTERM or Ctrl-C stops accepting, lets running requests finish (up
     /// to --drain-timeout seconds) and exits 0. Every option can also come from a TOML --config
     /// file under the same name (`ctx-size = 2048`); flags win.
     Serve(ServeArgs),
@@ -285,7 +285,7 @@ pub(crate) struct ServeArgs {
     /// Positions each slot's KV cache holds (prompt and answer together) [default: 4096].
     #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..=131072))]
     pub(crate) ctx_size: Option<u32>,
-    /// Requests generated at once, taking turns a token at a time [default: 4].
+    /// Requests generated at once, decoded together in one batch [default: 4].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) parallel: Option<u16>,
     /// Requests that may wait for a slot; more are answered 429 [default: 64].

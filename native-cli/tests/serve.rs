@@ -1038,3 +1038,34 @@ fn issue_6_a_slow_client_is_timed_out() {
         "{text}"
     );
 }
+
+/// Requests decoded together in one batch answer exactly what each answers alone.
+#[test]
+fn issue_6_concurrent_requests_answer_what_each_answers_alone() {
+    let apr = Apr::new();
+    let m = tiny(&apr, "m.gguf", GgmlType::Q8_0);
+    let server = Server::start(apr.dir(), &[&m, "--parallel", "4"]);
+    let bodies: Vec<Value> = ["the cat", "a dog ran", "hello world", "x"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"prompt": p, "max_tokens": 16 + 4 * i, "temperature": 0.9, "seed": i}))
+        .collect();
+    let alone: Vec<Value> = bodies
+        .iter()
+        .map(|b| server.post("/v1/completions", b).json()["choices"][0]["text"].clone())
+        .collect();
+    for _ in 0..3 {
+        let together: Vec<Value> = std::thread::scope(|s| {
+            let handles: Vec<_> = bodies
+                .iter()
+                .map(|b| {
+                    s.spawn(|| {
+                        server.post("/v1/completions", b).json()["choices"][0]["text"].clone()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(together, alone);
+    }
+}

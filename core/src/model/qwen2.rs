@@ -189,6 +189,19 @@ struct Scratch<B: Backend> {
     gate: B::Buf,   // [BATCH, ffn]
     up: B::Buf,     // [BATCH, ffn]
     logits: B::Buf, // [BATCH, vocab]
+    // One row of a batch of sequences, moved out to attend over its own cache.
+    q1: B::Buf,   // [hidden]
+    k1: B::Buf,   // [kv_width]
+    v1: B::Buf,   // [kv_width]
+    att1: B::Buf, // [hidden]
+}
+
+/// Where a forward step's rows go in the KV cache.
+enum Rows<'a, 'c, B: Backend> {
+    /// Consecutive positions of the model's own sequence.
+    Own,
+    /// Row i is the next position of `caches[i]`.
+    Each(&'a mut [&'c mut KvCache<B>]),
 }
 
 /// A loaded qwen2 model with its KV cache.
@@ -329,6 +342,10 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             gate: b.zeros(BATCH * ffn)?,
             up: b.zeros(BATCH * ffn)?,
             logits: b.zeros(BATCH * vocab)?,
+            q1: b.zeros(hidden)?,
+            k1: b.zeros(kv)?,
+            v1: b.zeros(kv)?,
+            att1: b.zeros(hidden)?,
         };
         Ok(Self {
             config,
@@ -388,6 +405,13 @@ impl<'w, B: Backend> Qwen2<'w, B> {
     /// and `cache` keeps the sequence the model held. Fails, changing nothing, for a cache shaped
     /// for another model.
     pub fn swap_cache(&mut self, cache: &mut KvCache<B>) -> Result<()> {
+        self.fits(cache)?;
+        core::mem::swap(&mut self.cache, cache);
+        Ok(())
+    }
+
+    /// Whether `cache` is shaped for this model.
+    fn fits(&self, cache: &KvCache<B>) -> Result<()> {
         let ours = &self.cache;
         if cache.layers.len() != ours.layers.len()
             || cache.ctx != ours.ctx
@@ -404,7 +428,6 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 ours.kv_type
             )));
         }
-        core::mem::swap(&mut self.cache, cache);
         Ok(())
     }
 
@@ -450,7 +473,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 Logits::Last if c == last => 1,
                 Logits::Last => 0,
             };
-            self.step(chunk, logit_rows, obs)?;
+            self.step(chunk, logit_rows, Rows::Own, obs)?;
             let start = out.len();
             out.resize(start + logit_rows * vocab, 0.0);
             self.backend.read(&self.s.logits, 0, &mut out[start..])?;
@@ -458,9 +481,48 @@ impl<'w, B: Backend> Qwen2<'w, B> {
         Ok(out)
     }
 
+    /// Evaluates one token for each of several sequences together: `tokens[i]` goes at the next
+    /// position of `caches[i]`. Every weight matrix is read once for all of them, as for a
+    /// prompt's batch, while each row attends over its own cache; the model's own cache is not
+    /// touched. Returns the logits, `[tokens.len(), vocab]`, the same as evaluating each token
+    /// alone.
+    pub fn forward_each(
+        &mut self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache<B>],
+    ) -> Result<Vec<f32>> {
+        if tokens.is_empty() || tokens.len() > BATCH || tokens.len() != caches.len() {
+            return Err(Error::Invalid(format!(
+                "{} tokens for {} caches: one token per cache, 1 to {BATCH}",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        for cache in caches.iter() {
+            self.fits(cache)?;
+            if cache.pos >= self.ctx {
+                return Err(Error::ContextFull {
+                    need: cache.pos + 1,
+                    ctx: self.ctx,
+                });
+            }
+        }
+        let n = tokens.len();
+        self.step(tokens, n, Rows::Each(caches), &mut Unobserved)?;
+        let mut out = alloc::vec![0.0; n * self.config.vocab];
+        self.backend.read(&self.s.logits, 0, &mut out)?;
+        Ok(out)
+    }
+
     /// One batch of up to [`BATCH`] positions; the logits of the last `logit_rows` rows land in
     /// `s.logits`.
-    fn step(&mut self, tokens: &[u32], logit_rows: usize, obs: &mut dyn Observer) -> Result<()> {
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        logit_rows: usize,
+        mut seqs: Rows<'_, '_, B>,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
         let Config {
             hidden,
             heads,
@@ -498,12 +560,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
 
         op!(Op::Embed, bk.embed(&self.embed, tokens, &mut s.x));
         report(bk, &s.x, 0, obs)?;
-        for (l, (b, (k_cache, v_cache))) in self
-            .blocks
-            .iter()
-            .zip(self.cache.layers.iter_mut())
-            .enumerate()
-        {
+        for (l, b) in self.blocks.iter().enumerate() {
             op!(
                 Op::RmsNorm,
                 bk.rms_norm(&s.x, &b.attn_norm, eps, rows, &mut s.xn)
@@ -519,25 +576,53 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 bk.add_bias(&mut s.k, &b.bk, rows)?;
                 bk.add_bias(&mut s.v, &b.bv, rows)
             });
-            op!(Op::Rope, {
-                bk.rope(&mut s.q, rows, heads, head_dim, pos0, rope_theta)?;
-                bk.rope(&mut s.k, rows, kv_heads, head_dim, pos0, rope_theta)
-            });
-            op!(Op::KvStore, {
-                bk.store(&s.k, k_cache, pos0, rows, kv)?;
-                bk.store(&s.v, v_cache, pos0, rows, kv)
-            });
-            let shape = AttnShape {
-                rows,
-                pos0,
-                heads,
-                kv_heads,
-                head_dim,
-            };
-            op!(
-                Op::Attention,
-                bk.attention(&s.q, k_cache, v_cache, shape, &mut s.att)
-            );
+            match &mut seqs {
+                Rows::Own => {
+                    let (k_cache, v_cache) = &mut self.cache.layers[l];
+                    op!(Op::Rope, {
+                        bk.rope(&mut s.q, rows, heads, head_dim, pos0, rope_theta)?;
+                        bk.rope(&mut s.k, rows, kv_heads, head_dim, pos0, rope_theta)
+                    });
+                    op!(Op::KvStore, {
+                        bk.store(&s.k, k_cache, pos0, rows, kv)?;
+                        bk.store(&s.v, v_cache, pos0, rows, kv)
+                    });
+                    let shape = AttnShape {
+                        rows,
+                        pos0,
+                        heads,
+                        kv_heads,
+                        head_dim,
+                    };
+                    op!(
+                        Op::Attention,
+                        bk.attention(&s.q, k_cache, v_cache, shape, &mut s.att)
+                    );
+                }
+                Rows::Each(caches) => {
+                    // Each row on its own: its position, its cache.
+                    for (i, cache) in caches.iter_mut().enumerate() {
+                        let pos = cache.pos;
+                        let (k_cache, v_cache) = &mut cache.layers[l];
+                        bk.copy_rows(&s.q, i, &mut s.q1, 0, 1, hidden)?;
+                        bk.copy_rows(&s.k, i, &mut s.k1, 0, 1, kv)?;
+                        bk.copy_rows(&s.v, i, &mut s.v1, 0, 1, kv)?;
+                        bk.rope(&mut s.q1, 1, heads, head_dim, pos, rope_theta)?;
+                        bk.rope(&mut s.k1, 1, kv_heads, head_dim, pos, rope_theta)?;
+                        bk.store(&s.k1, k_cache, pos, 1, kv)?;
+                        bk.store(&s.v1, v_cache, pos, 1, kv)?;
+                        let shape = AttnShape {
+                            rows: 1,
+                            pos0: pos,
+                            heads,
+                            kv_heads,
+                            head_dim,
+                        };
+                        bk.attention(&s.q1, k_cache, v_cache, shape, &mut s.att1)?;
+                        bk.copy_rows(&s.att1, 0, &mut s.att, i, 1, hidden)?;
+                    }
+                }
+            }
             op!(Op::AttnOutput, bk.matmul(&b.wo, &s.att, rows, &mut s.proj));
             op!(Op::Residual, bk.add(&mut s.x, &s.proj, rows * hidden));
             op!(
@@ -560,7 +645,10 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             op!(Op::Residual, bk.add(&mut s.x, &s.proj, rows * hidden));
             report(bk, &s.x, l + 1, obs)?;
         }
-        self.cache.pos = pos0 + rows;
+        match &mut seqs {
+            Rows::Own => self.cache.pos = pos0 + rows,
+            Rows::Each(caches) => caches.iter_mut().for_each(|c| c.pos += 1),
+        }
         if logit_rows == 0 {
             return Ok(());
         }

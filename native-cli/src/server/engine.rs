@@ -1,13 +1,13 @@
 //! The engine: one thread that owns the model and generates for every request.
 //!
 //! Requests arrive through a bounded queue. Up to `parallel` of them are generated at once, each
-//! in its own slot (its own KV cache), and they take turns a token at a time: every running
-//! request gets one token per round, so a long answer does not hold back a short one. A new
-//! request takes the free slot whose cache shares the longest prefix with its prompt, and
-//! evaluates only the rest. Each request streams its tokens back through its own channel; when
-//! the client goes away the receiver is dropped, and the request stops before its next token.
+//! in its own slot (its own KV cache), and they decode together: every round evaluates one token
+//! of every running request in a single batch, so all of them share each pass over the weights
+//! ([`Session::step_each`]). A new request takes the free slot whose cache shares the longest
+//! prefix with its prompt, and evaluates only the rest (its prompt runs on its own, between
+//! rounds). Each request streams its tokens back through its own channel; when the client goes
+//! away the receiver is dropped, and the request leaves the batch before its next token.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -106,15 +106,10 @@ fn run(
         let tokenizer = model::tokenizer(&parsed)?;
         let qwen = model::load(&parsed, config.threads, config.ctx_size, config.kv_type)?;
         let mut session = Session::new(qwen, tokenizer.clone());
-        // Slot 0 starts in the session; the others wait in `store`.
-        let mut store = vec![None];
-        for _ in 1..config.parallel {
-            store.push(Some(
-                session
-                    .new_slot()
-                    .context("cannot allocate the slots' KV caches")?,
-            ));
-        }
+        let store = (0..config.parallel)
+            .map(|_| session.new_slot())
+            .collect::<apr_core::Result<Vec<_>>>()
+            .context("cannot allocate the slots' KV caches")?;
         let path = opened.file.path();
         let loaded = Loaded {
             tokenizer,
@@ -133,7 +128,6 @@ fn run(
         let engine = Engine {
             session,
             store,
-            resident: 0,
             busy: vec![false; config.parallel],
             metrics,
         };
@@ -162,28 +156,18 @@ struct Running {
     first: Option<Instant>,
 }
 
-/// What becomes of a running request after a step.
-enum Next {
-    /// It goes on.
-    Again,
-    /// It has finished: report it.
-    Finished,
-    /// It failed or its client left.
-    Over,
-}
-
 struct Engine<'m> {
     session: Session<'m, Cpu>,
-    /// Every slot's cache but the resident one's (which is in the session), by slot.
-    store: Vec<Option<Slot<Cpu>>>,
-    resident: usize,
+    /// Every slot's cache. The session's own cache only stands in while a slot's prompt is
+    /// evaluated in it.
+    store: Vec<Slot<Cpu>>,
     busy: Vec<bool>,
     metrics: &'m Metrics,
 }
 
 impl Engine<'_> {
     fn serve(&mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut running: VecDeque<Running> = VecDeque::new();
+        let mut running: Vec<Running> = Vec::new();
         loop {
             // Fill free slots: wait when idle, otherwise take only what is already queued.
             while running.len() < self.busy.len() {
@@ -199,53 +183,65 @@ impl Engine<'_> {
                     }
                 };
                 if let Some(r) = self.start(job) {
-                    running.push_back(r);
+                    running.push(r);
                 }
                 self.metrics.set_busy_slots(running.len());
             }
-            // One token for each running request, in turn.
-            for _ in 0..running.len() {
-                let Some(mut r) = running.pop_front() else {
-                    break;
-                };
-                match self.advance(&mut r) {
-                    Next::Again => running.push_back(r),
-                    Next::Finished => {
-                        self.busy[r.slot] = false;
-                        self.finish(r);
-                    }
-                    Next::Over => self.busy[r.slot] = false,
-                }
-            }
+            running = self.round(running);
             self.metrics.set_busy_slots(running.len());
         }
     }
 
-    /// Moves slot `slot`'s cache into the session.
-    fn activate(&mut self, slot: usize) -> Result<()> {
-        if slot == self.resident {
-            return Ok(());
+    /// One token for every running request, evaluated together; returns those still running.
+    fn round(&mut self, running: Vec<Running>) -> Vec<Running> {
+        let (mut running, gone): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|r| !r.events.is_closed());
+        for r in gone {
+            self.metrics.cancelled();
+            self.busy[r.slot] = false;
         }
-        let mut cache = self
-            .store
-            .get_mut(slot)
-            .and_then(Option::take)
-            .ok_or_else(|| anyhow!("slot {slot} has no cache"))?;
-        self.session.swap_slot(&mut cache)?;
-        self.store[self.resident] = Some(cache);
-        self.resident = slot;
-        Ok(())
+        let mut slots: Vec<Option<&mut Slot<Cpu>>> = self.store.iter_mut().map(Some).collect();
+        let mut batch: Vec<_> = running
+            .iter_mut()
+            .filter_map(|r| Some((slots.get_mut(r.slot)?.take()?, &mut r.generation)))
+            .collect();
+        let stepped = self.session.step_each(&mut batch);
+        drop(batch);
+        let tokens = match stepped {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                for r in running {
+                    let _ = r.events.send(Event::Failed(format!("{e:#}")));
+                    self.busy[r.slot] = false;
+                }
+                return Vec::new();
+            }
+        };
+        let mut still = Vec::with_capacity(running.len());
+        for (mut r, token) in running.into_iter().zip(tokens) {
+            match token {
+                Some(token) => {
+                    r.first.get_or_insert_with(Instant::now);
+                    if r.events.send(Event::Token(token)).is_ok() {
+                        still.push(r);
+                    } else {
+                        self.metrics.cancelled();
+                        self.busy[r.slot] = false;
+                    }
+                }
+                None => {
+                    self.busy[r.slot] = false;
+                    self.finish(r);
+                }
+            }
+        }
+        still
     }
 
     /// The free slot whose cache shares the longest prefix with `prompt`.
     fn pick_slot(&self, prompt: &[u32]) -> Option<usize> {
-        let shared = |slot: usize| {
-            let tokens = if slot == self.resident {
-                self.session.cached()
-            } else {
-                self.store[slot].as_ref().map_or(&[][..], Slot::tokens)
-            };
-            tokens
+        let shared = |slot: &Slot<Cpu>| {
+            slot.tokens()
                 .iter()
                 .zip(prompt)
                 .take_while(|(a, b)| a == b)
@@ -253,7 +249,7 @@ impl Engine<'_> {
         };
         (0..self.busy.len())
             .filter(|&s| !self.busy[s])
-            .max_by_key(|&s| (shared(s), s == self.resident))
+            .max_by_key(|&s| shared(&self.store[s]))
     }
 
     /// Evaluates a request's prompt in a free slot.
@@ -267,9 +263,12 @@ impl Engine<'_> {
             .pick_slot(&job.prompt)
             .ok_or_else(|| anyhow!("no free slot"))
             .and_then(|slot| {
-                self.activate(slot)?;
-                let g = self.session.start(&job.prompt, &job.params)?;
-                Ok((slot, g))
+                let cache = &mut self.store[slot];
+                self.session.swap_slot(cache)?;
+                let g = self.session.start(&job.prompt, &job.params);
+                // The slot takes its cache back whether or not the prompt went through.
+                self.session.swap_slot(cache)?;
+                Ok((slot, g?))
             });
         match generation {
             Ok((slot, generation)) => {
@@ -287,32 +286,6 @@ impl Engine<'_> {
             Err(e) => {
                 let _ = job.events.send(Event::Failed(format!("{e:#}")));
                 None
-            }
-        }
-    }
-
-    /// Generates one token of `r`.
-    fn advance(&mut self, r: &mut Running) -> Next {
-        if r.events.is_closed() {
-            self.metrics.cancelled();
-            return Next::Over;
-        }
-        let step = self
-            .activate(r.slot)
-            .and_then(|()| Ok(self.session.step(&mut r.generation)?));
-        match step {
-            Ok(Some(token)) => {
-                r.first.get_or_insert_with(Instant::now);
-                if r.events.send(Event::Token(token)).is_err() {
-                    self.metrics.cancelled();
-                    return Next::Over;
-                }
-                Next::Again
-            }
-            Ok(None) => Next::Finished,
-            Err(e) => {
-                let _ = r.events.send(Event::Failed(format!("{e:#}")));
-                Next::Over
             }
         }
     }
