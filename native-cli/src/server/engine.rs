@@ -56,8 +56,8 @@ pub(crate) struct Finished {
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub(crate) tokenizer: Tokenizer,
-    /// `None` when the model carries no chat template.
-    pub(crate) template: Option<ChatTemplate>,
+    /// The model's chat template, or why there is none usable.
+    pub(crate) template: Result<ChatTemplate, String>,
     pub(crate) info: ModelInfo,
     /// The model's id in the API: its file name.
     pub(crate) id: String,
@@ -113,7 +113,7 @@ fn run(
         let path = opened.file.path();
         let loaded = Loaded {
             tokenizer,
-            template: ChatTemplate::from_metadata(&parsed.metadata).ok(),
+            template: ChatTemplate::from_metadata(&parsed.metadata).map_err(|e| e.to_string()),
             info: ModelInfo::from_model(&parsed, false),
             id: path
                 .file_name()

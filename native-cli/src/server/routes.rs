@@ -618,7 +618,7 @@ async fn chat(
     let template = m
         .template
         .as_ref()
-        .ok_or_else(|| ApiError::invalid("the model has no chat template: use /v1/completions"))?;
+        .map_err(|why| ApiError::invalid(format!("{why}; /v1/completions takes plain prompts")))?;
     let rendered = template
         .render(&messages, true)
         .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
