@@ -104,7 +104,11 @@ unsafe fn matmul_rows(
                 w.data.bytes.len(),
             )
         })?;
-    let step = if rows == 1 { take } else { TILE };
+    let step = match rows {
+        1 => take,
+        2..=FEW_ROWS => FEW_ROWS_RUN,
+        _ => TILE,
+    };
     for (t, bytes) in bytes.chunks(step * w.row_bytes.max(1)).enumerate() {
         let n = bytes.len() / w.row_bytes.max(1);
         tile.resize(n * rows, 0.0);
@@ -112,6 +116,15 @@ unsafe fn matmul_rows(
             // Decode: one activation row against every weight row, in one call.
             isa.dot_rows(w.dtype(), bytes, *x, scratch, tile)
                 .map_err(bad)?;
+        } else if rows <= FEW_ROWS {
+            // A few rows (sequences decoded together): each runs the decode kernel over the
+            // same run of weight rows, which stays in cache after the first, so the weights
+            // still come from memory once. Every kernel equals the reference, so this gives
+            // what a tile would.
+            for (x, out) in xs.iter().zip(tile.chunks_exact_mut(n)) {
+                isa.dot_rows(w.dtype(), bytes, *x, scratch, out)
+                    .map_err(bad)?;
+            }
         } else {
             isa.dot_block(w.dtype(), bytes, xs, scratch, tile)
                 .map_err(bad)?;
@@ -121,6 +134,14 @@ unsafe fn matmul_rows(
     }
     Ok(())
 }
+
+/// Up to this many activation rows run the decode kernel once each over a shared run of
+/// [`FEW_ROWS_RUN`] weight rows, rather than unpacking weights into tiles: for a handful of rows
+/// the unpacking costs more than it saves.
+const FEW_ROWS: usize = 4;
+/// Weight rows per run for [`FEW_ROWS`] activation rows: small enough to stay in L2 between
+/// the rows' passes.
+const FEW_ROWS_RUN: usize = 64;
 
 /// Claimed units of work per member when a product is split by weight rows: enough that a
 /// member slowed by a busy core hands its share to the others, few enough that claiming costs
