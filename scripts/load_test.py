@@ -6,6 +6,8 @@
 
 Every client posts `/v1/completions` with its own seed (temperature 0.8) over a fresh
 connection, half of them streamed by default, and waits for the whole answer before the next.
+Answers are exactly `--max-tokens` long (llama.cpp's `ignore_eos`, which `apr serve` also takes),
+so two servers are compared on the same work; `--allow-eos` lets the model stop early.
 Counts every status and every failed connection (refused, reset, closed early, timed out), and
 reports request latency percentiles over the 200s, time to first token for the streamed ones,
 and generated tokens per second over the whole run (from `usage`, or counted chunks when a
@@ -87,6 +89,7 @@ def main():
     ap.add_argument("--stream-share", type=float, default=0.5)
     ap.add_argument("--api-key")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--allow-eos", action="store_true", help="let answers end early")
     ap.add_argument("--json", help="write the summary here too")
     args = ap.parse_args()
     url = urlparse(args.url)
@@ -104,7 +107,7 @@ def main():
         while time.perf_counter() < deadline:
             stream = (n * args.clients + i) % 100 < args.stream_share * 100
             body = {"prompt": PROMPTS[(i + n) % len(PROMPTS)], "max_tokens": args.max_tokens,
-                    "temperature": 0.8, "seed": i * 100003 + n}
+                    "temperature": 0.8, "seed": i * 100003 + n, "ignore_eos": not args.allow_eos}
             if stream:
                 body["stream"] = True
                 body["stream_options"] = {"include_usage": True}

@@ -128,6 +128,16 @@ fn issue_6_endpoints_answer_in_openai_shapes() {
         Some(completion)
     );
 
+    // llama.cpp's ignore_eos extension: exactly max_tokens, whatever the model would say.
+    let long = server
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "hello", "max_tokens": 40, "ignore_eos": true, "seed": 1}),
+        )
+        .json();
+    assert_eq!(long["usage"]["completion_tokens"], 40);
+    assert_eq!(long["choices"][0]["finish_reason"], "length");
+
     // echo puts the prompt first; logprobs come per token, best alternative first.
     let mut echo = greedy.clone();
     echo["echo"] = json!(true);
@@ -226,7 +236,7 @@ fn issue_6_endpoints_answer_in_openai_shapes() {
     );
     let text = metrics.text();
     assert!(
-        text.contains("apr_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 4"),
+        text.contains("apr_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 5"),
         "{text}"
     );
     assert!(server.metric("apr_generated_tokens_total") > 0.0);

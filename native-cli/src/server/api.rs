@@ -51,6 +51,10 @@ pub(crate) struct Sampling {
     top_k: Option<u32>,
     min_p: Option<f32>,
     repeat_penalty: Option<f32>,
+    /// llama.cpp's extension: generate past end-of-generation tokens (benchmarks use it to get
+    /// answers of exactly `max_tokens`).
+    #[serde(default)]
+    ignore_eos: bool,
     seed: Option<u64>,
     stop: Option<Stop>,
     presence_penalty: Option<f32>,
@@ -268,7 +272,7 @@ impl Sampling {
                 seed: self.seed.unwrap_or_else(random_seed),
             },
             stop,
-            ignore_eos: false,
+            ignore_eos: self.ignore_eos,
             truncate_prompt: false,
             logprobs,
         })
