@@ -389,6 +389,18 @@ impl Header {
             model: model.to_owned(),
         }
     }
+
+    /// An answer or chunk of type `object` around one choice.
+    fn around(&self, object: &str, choice: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [choice],
+        })
+    }
 }
 
 /// 24 letters and digits, different for every request of this process.
@@ -552,34 +564,21 @@ async fn completions(
         })
         .await?;
         let o = &done.outcome;
-        return Ok(Json(json!({
-            "id": head.id,
-            "object": "text_completion",
-            "created": head.created,
-            "model": head.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": [{
+        let mut answer = head.around(
+            "text_completion",
+            json!({
                 "text": format!("{echo}{}", o.text),
                 "index": 0,
                 "logprobs": want_logprobs.then_some(&logprobs),
                 "finish_reason": o.stop.finish_reason(),
-            }],
-            "usage": Usage::of(o),
-            "timings": ApiTimings::of(o, &done.timings, done.queue_ms),
-        }))
-        .into_response());
+            }),
+        );
+        answer["usage"] = json!(Usage::of(o));
+        answer["timings"] = json!(ApiTimings::of(o, &done.timings, done.queue_ms));
+        return Ok(Json(answer).into_response());
     }
     let chunks = Chunks {
-        wrap: move |choice: Value| {
-            json!({
-                "id": head.id,
-                "object": "text_completion",
-                "created": head.created,
-                "model": head.model,
-                "system_fingerprint": FINGERPRINT,
-                "choices": [choice],
-            })
-        },
+        wrap: move |choice: Value| head.around("text_completion", choice),
         closing: json!({"text": "", "index": 0, "logprobs": null}),
         include_usage: c.include_usage,
     };
@@ -637,34 +636,21 @@ async fn chat(
         })
         .await?;
         let o: &Outcome = &done.outcome;
-        return Ok(Json(json!({
-            "id": head.id,
-            "object": "chat.completion",
-            "created": head.created,
-            "model": head.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": [{
+        let mut answer = head.around(
+            "chat.completion",
+            json!({
                 "index": 0,
                 "message": { "role": "assistant", "content": o.text },
                 "logprobs": want_logprobs.then_some(&logprobs),
                 "finish_reason": o.stop.finish_reason(),
-            }],
-            "usage": Usage::of(o),
-            "timings": ApiTimings::of(o, &done.timings, done.queue_ms),
-        }))
-        .into_response());
+            }),
+        );
+        answer["usage"] = json!(Usage::of(o));
+        answer["timings"] = json!(ApiTimings::of(o, &done.timings, done.queue_ms));
+        return Ok(Json(answer).into_response());
     }
     let chunks = Chunks {
-        wrap: move |choice: Value| {
-            json!({
-                "id": head.id,
-                "object": "chat.completion.chunk",
-                "created": head.created,
-                "model": head.model,
-                "system_fingerprint": FINGERPRINT,
-                "choices": [choice],
-            })
-        },
+        wrap: move |choice: Value| head.around("chat.completion.chunk", choice),
         closing: json!({"index": 0, "delta": {}, "logprobs": null}),
         include_usage: c.include_usage,
     };
