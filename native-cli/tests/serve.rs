@@ -760,7 +760,9 @@ fn issue_6_a_full_queue_answers_429() {
     let m = tiny(&apr, "m.gguf", GgmlType::Q8_0);
     let server = Server::start(apr.dir(), &[&m, "--parallel", "1", "--max-queue", "1"]);
     let addr = server.addr.clone();
-    let body = json!({"prompt": "x", "max_tokens": 3000, "temperature": 1, "seed": 1}).to_string();
+    // Long answers (no early end-of-generation), so the slot stays busy while the burst lands.
+    let body =
+        json!({"prompt": "x", "max_tokens": 3000, "ignore_eos": true, "seed": 1}).to_string();
     let replies: Vec<Reply> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..12)
             .map(|_| {
@@ -795,7 +797,8 @@ fn issue_6_a_full_queue_answers_429() {
         busy >= 1,
         "one slot and a queue of one cannot take 12 at once"
     );
-    assert!(busy <= 10);
+    // The first request is always taken: it finds the queue empty.
+    assert!(busy < replies.len(), "nothing was served");
 }
 
 #[test]
