@@ -3,12 +3,20 @@
 # default model into the Hugging Face cache. Safe to run any number of times.
 #
 #   scripts/setup.sh          the toolchain pieces and the model
-#   scripts/setup.sh --tests  also what the test suite needs (Python test packages)
+#   scripts/setup.sh --web    also what building the web app needs (trunk, wasm-bindgen, wasm-opt)
+#   scripts/setup.sh --tests  all of that, and what the test suite needs (Python test packages,
+#                             headless Chromium and playwright-core for the browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_tests=false
-[[ "${1:-}" == "--tests" ]] && want_tests=true
+want_web=false
+case "${1:-}" in
+    --tests) want_tests=true; want_web=true ;;
+    --web) want_web=true ;;
+    "") ;;
+    *) echo "usage: scripts/setup.sh [--web|--tests]" >&2; exit 2 ;;
+esac
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
@@ -48,21 +56,46 @@ if $want_tests && [[ "$(uname -m)" == x86_64 ]]; then
     fi
 fi
 
-# The simd128 kernels are tested under Node with wasm-bindgen-test; its runner comes with
-# wasm-bindgen-cli, pinned to the workspace's wasm-bindgen (not --locked: see env notes).
-if $want_tests; then
-    if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q ' 0\.2\.130'; then
-        say "installing wasm-bindgen-cli 0.2.130 (wasm-bindgen-test-runner), about 5 minutes"
+# Node.js runs the simd128 kernel tests, the browser tests and the page's file server.
+if $want_web && ! command -v node >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        say "installing Node.js and npm"
+        apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    else
+        say "the web build and its tests need Node.js with npm; install them, then run this again"
+        exit 1
+    fi
+fi
+
+# The web build: wasm-bindgen-cli pinned to the workspace's wasm-bindgen (not --locked: see the
+# env notes; it also brings wasm-bindgen-test-runner), trunk 0.21.14 (0.22 needs a newer rustc),
+# and npm's binaryen for wasm-opt (Debian's wasm-opt 108 writes a wasm that fails to start).
+if $want_web; then
+    if ! wasm-bindgen --version 2>/dev/null | grep -q ' 0\.2\.130' \
+        || ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q ' 0\.2\.130'; then
+        say "installing wasm-bindgen-cli 0.2.130, about 5 minutes"
         cargo install wasm-bindgen-cli --version 0.2.130 --quiet
     fi
-    if ! command -v node >/dev/null 2>&1; then
-        if command -v apt-get >/dev/null 2>&1; then
-            say "installing Node.js (the simd128 tests run in it)"
-            apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
-        else
-            say "the simd128 tests need Node.js; install it, then run this again"
-            exit 1
-        fi
+    if ! trunk --version 2>/dev/null | grep -q ' 0\.21\.14'; then
+        say "installing trunk 0.21.14, about 15 minutes on 2 cores"
+        cargo install trunk --version 0.21.14 --locked --quiet
+    fi
+    # binaryen, and for the tests playwright-core, pinned in tests/web/package.json.
+    if [[ ! -x tests/web/node_modules/.bin/wasm-opt ]] \
+        || [[ ! -d tests/web/node_modules/playwright-core ]]; then
+        say "installing binaryen (wasm-opt) and playwright-core from npm"
+        (cd tests/web && npm install --no-audit --no-fund --silent)
+    fi
+fi
+
+# The browser tests drive Debian's headless Chromium (never `playwright install`).
+if $want_tests && ! command -v chromium >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        say "installing Chromium (the browser tests)"
+        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else
+        say "the browser tests need Chromium at /usr/bin/chromium; install it, then run this again"
+        exit 1
     fi
 fi
 

@@ -10,14 +10,18 @@
 //! - `--quantize q4_k_m` is llama.cpp's mixture: Q6_K for `output.weight` and for `attn_v` and
 //!   `ffn_down` in the layers `use_more_bits` picks, Q4_K elsewhere, with the fallbacks above.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 
 use crate::dtype::GgmlType;
 use crate::format::Format;
+use crate::format::apr::Compression;
 use crate::format::model::{ModelFile, Tensor};
 use crate::meta::{MetaValue, Metadata};
 use crate::names::gguf_to_hf;
 use crate::quant::{can_dequantize, can_quantize, dequantize, quantize};
+use crate::write::apr::AprWriter;
+use crate::write::gguf::GgufWriter;
+use crate::write::safetensors::SafetensorsWriter;
 use crate::write::{OutTensor, TensorSink};
 use crate::{Error, Result};
 
@@ -400,6 +404,82 @@ pub fn write_all<'a>(
         done(src);
     }
     Ok(())
+}
+
+/// Zstd level for APR output: `--target wasm` and plain `--compression zstd`.
+pub const ZSTD_LEVEL: i32 = 9;
+/// Zstd level with `--optimize-size`.
+pub const ZSTD_LEVEL_MAX: i32 = 19;
+
+/// How a single output file is written, beyond [`Options`]: what the CLI's flags and the web
+/// converter's choices both come down to, so the two write the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOutput<'a> {
+    /// APR tensor compression (ignored for other targets).
+    pub compression: Compression,
+    /// The Zstd level, when compressing with Zstd.
+    pub zstd_level: i32,
+    /// The input's file name, recorded in APR metadata as its source.
+    pub source_name: &'a str,
+}
+
+/// The writer for one output file of `opts.target`, its header already written to `out`.
+pub fn file_sink<'w, W: Write + Seek + 'w>(
+    out: W,
+    model: &ModelFile<'_>,
+    plan: &[Planned],
+    meta: &Metadata,
+    opts: &Options,
+    file: &FileOutput<'_>,
+) -> Result<Box<dyn TensorSink + 'w>> {
+    let outs: Vec<OutTensor> = plan.iter().map(|p| p.out.clone()).collect();
+    Ok(match opts.target {
+        Format::Gguf => {
+            // A GGUF keeps its alignment; anything else gets GGUF's default.
+            let align = if model.format == Format::Gguf {
+                model.alignment
+            } else {
+                32
+            };
+            Box::new(GgufWriter::new(out, meta, &outs, align)?)
+        }
+        Format::Safetensors => Box::new(SafetensorsWriter::new(
+            out,
+            safetensors_metadata(meta),
+            &outs,
+        )?),
+        Format::Apr => {
+            let json = apr_metadata_json(meta, file.source_name, model.format);
+            let vocab = meta.get("tokenizer.ggml.tokens").is_some();
+            Box::new(AprWriter::new(
+                out,
+                &json,
+                &outs,
+                file.compression,
+                file.zstd_level,
+                vocab,
+            )?)
+        }
+    })
+}
+
+/// Converts `model` into one file written to `out`: the writer for `opts.target`, every planned
+/// tensor, and the trailer. `progress`, `cancelled` and `done` are as for [`write_all`].
+#[allow(clippy::too_many_arguments)]
+pub fn write_file<'a, W: Write + Seek>(
+    out: W,
+    model: &ModelFile<'a>,
+    plan: &[Planned],
+    opts: &Options,
+    file: &FileOutput<'_>,
+    progress: &mut dyn FnMut(u64),
+    cancelled: &dyn Fn() -> bool,
+    done: &mut dyn FnMut(&Tensor<'a>),
+) -> Result<()> {
+    let meta = output_metadata(model, plan, opts);
+    let mut sink = file_sink(out, model, plan, &meta, opts, file)?;
+    write_all(model, plan, &mut *sink, progress, cancelled, done)?;
+    sink.finish()
 }
 
 /// The APR metadata JSON: the original tool's flat keys (so it can read our files), provenance,

@@ -1,25 +1,12 @@
-//! The apr web app. Today it is the shell of the page: the chat and convert views arrive with the
-//! web issue, and will talk to a Web Worker that owns the model through `apr-core`.
+//! The apr web app's entry point: mounts the page (see `apr_web::app`).
 
-use leptos::prelude::*;
-
+#[cfg(target_arch = "wasm32")]
 fn main() {
-    leptos::mount::mount_to_body(App);
+    apr_web::app::mount();
 }
 
-/// The page.
-#[component]
-fn App() -> impl IntoView {
-    view! {
-        <main class="shell">
-            <h1>"apr"</h1>
-            <p>
-                "Run Qwen2.5-Coder in your browser: no server, no upload. "
-                "Chat and format conversion are on their way; today use the "
-                <code>"apr"</code>
-                " command line."
-            </p>
-            <p class="version">"apr-core " {env!("CARGO_PKG_VERSION")}</p>
-        </main>
-    }
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    eprintln!("apr-web runs in a browser: build it with trunk (see the README)");
+    std::process::exit(2);
 }

@@ -17,8 +17,6 @@ use apr_core::format::apr::Compression;
 use apr_core::format::model::ModelFile;
 use apr_core::meta::Metadata;
 use apr_core::verify::{VerifyReport, verify};
-use apr_core::write::apr::AprWriter;
-use apr_core::write::gguf::GgufWriter;
 use apr_core::write::safetensors::SafetensorsWriter;
 use apr_core::write::{OutTensor, TensorSink};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -31,9 +29,6 @@ use crate::output::{self, thousands};
 
 static CANCELLED: AtomicBool = AtomicBool::new(false);
 
-/// Zstd level for --target wasm, and with --optimize-size.
-const ZSTD_LEVEL: i32 = 9;
-const ZSTD_LEVEL_MAX: i32 = 19;
 /// Small enough that the converter's multi-megabyte chunks bypass it (no extra copy), large
 /// enough to gather headers, padding and small tensors into few writes.
 const WRITE_BUFFER: usize = 256 << 10;
@@ -129,39 +124,17 @@ pub(crate) fn run(args: ConvertArgs) -> Result<()> {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let mut written: Vec<PathBuf> = Vec::new();
     match target {
-        Target::File(format) => {
+        Target::File(_) => {
             let tmp = atomic::temp_beside(&args.output)?;
-            let outs: Vec<OutTensor> = plan.iter().map(|p| p.out.clone()).collect();
             {
                 let file = BufWriter::with_capacity(WRITE_BUFFER, tmp.as_file());
-                let mut sink: Box<dyn TensorSink + '_> = match format {
-                    Format::Gguf => {
-                        let align = if model.format == Format::Gguf {
-                            model.alignment
-                        } else {
-                            32
-                        };
-                        Box::new(GgufWriter::new(file, &meta, &outs, align)?)
-                    }
-                    Format::Safetensors => Box::new(SafetensorsWriter::new(
-                        file,
-                        convert::safetensors_metadata(&meta),
-                        &outs,
-                    )?),
-                    Format::Apr => {
-                        let (compression, level) = compression(&args);
-                        let json = convert::apr_metadata_json(&meta, &source_name, model.format);
-                        let vocab = meta.get("tokenizer.ggml.tokens").is_some();
-                        Box::new(AprWriter::new(
-                            file,
-                            &json,
-                            &outs,
-                            compression,
-                            level,
-                            vocab,
-                        )?)
-                    }
+                let (compression, zstd_level) = compression(&args);
+                let output = convert::FileOutput {
+                    compression,
+                    zstd_level,
+                    source_name: &source_name,
                 };
+                let mut sink = convert::file_sink(file, &model, &plan, &meta, &opts, &output)?;
                 write(&input, &model, &plan, &mut *sink, &bar)?;
                 sink.finish()?;
             }
@@ -252,9 +225,9 @@ fn compression(args: &ConvertArgs) -> (Compression, i32) {
         None => Compression::None,
     };
     let level = if args.optimize_size {
-        ZSTD_LEVEL_MAX
+        convert::ZSTD_LEVEL_MAX
     } else {
-        ZSTD_LEVEL
+        convert::ZSTD_LEVEL
     };
     (c, level)
 }
