@@ -31,15 +31,19 @@ cargo build -p apr-core --no-default-features --target wasm32-unknown-unknown --
 step "apr-core's tokenizer, chat template and generation for wasm32"
 cargo build -p apr-core --no-default-features --features tokenizer --target wasm32-unknown-unknown --locked --quiet
 
-step "the web app for wasm32"
-cargo check -p apr-web --target wasm32-unknown-unknown --locked --quiet
+step "the web app for wasm32: lints and docs"
+cargo clippy -p apr-web --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc -p apr-web --target wasm32-unknown-unknown --no-deps --locked --quiet
+
+step "the web app: trunk build --release (the browser tests load dist/)"
+(source scripts/web-env.sh && trunk build --release)
 
 step "the release binary (the Python tests and the fuzz seeds drive it)"
 cargo build --release --locked -p apr-cli --quiet
 
 log=$(mktemp)
 pylog=$(mktemp)
-trap 'rm -f "$log" "$pylog"' EXIT
+trap 'rm -f "$log" "$log.web" "$pylog"' EXIT
 
 step "cross-tool tests: huggingface_hub's cache, the Python gguf package, transformers"
 APR_BIN="$PWD/target/release/apr" python3 -m unittest discover -v -s tests -p 'test_*.py' 2>&1 | tee "$pylog"
@@ -47,7 +51,11 @@ APR_BIN="$PWD/target/release/apr" python3 -m unittest discover -v -s tests -p 't
 step "fuzz every reader for a bounded time"
 scripts/fuzz.sh "${APR_FUZZ_SECONDS:-20}"
 
-step "unit and integration tests, with those that need the real model"
+step "the worker protocol and the page's state types in wasm32, in Node (wasm-bindgen-test)"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    cargo test -p apr-web --target wasm32-unknown-unknown --test wasm --locked 2>&1 | tee "$log.web"
+
+step "unit and integration tests, with those that need the real model and the browser"
 cargo test --workspace --locked --no-fail-fast -- --include-ignored 2>&1 | tee "$log"
 if [[ "$(uname -m)" == x86_64 ]]; then
     step "the NEON kernels against the scalar reference, on aarch64 under qemu"
@@ -56,6 +64,7 @@ if [[ "$(uname -m)" == x86_64 ]]; then
         cargo test -p apr-core --lib --locked --target aarch64-unknown-linux-gnu -- quant:: \
         2>&1 | tee -a "$log"
 fi
+cat "$log.web" >> "$log"
 
 step "the simd128 kernels against the scalar reference, in Node (wasm-bindgen-test)"
 with_simd128() {

@@ -240,6 +240,17 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A setting as people write it: `0.95`, not the f32's `0.949999988079071`.
+pub fn trim_number(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
 /// Progress as a fraction in [0, 1], or `None` when the total is unknown.
 pub fn fraction(done: u64, total: u64) -> Option<f64> {
     (total > 0).then(|| (done as f64 / total as f64).clamp(0.0, 1.0))
@@ -375,6 +386,15 @@ mod tests {
         assert_eq!(fraction(5, 0), None);
         assert_eq!(fraction(5, 10), Some(0.5));
         assert_eq!(fraction(50, 10), Some(1.0));
+    }
+
+    #[test]
+    fn settings_read_as_written() {
+        assert_eq!(trim_number(f64::from(0.95f32)), "0.95");
+        assert_eq!(trim_number(0.0), "0");
+        assert_eq!(trim_number(1500.0), "1500");
+        assert_eq!(trim_number(42.0), "42");
+        assert_eq!(trim_number(0.8), "0.8");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use super::loader::Loader;
 use super::{Errors, Ui};
 use crate::protocol::{ChatParams, Request, Role, Task};
-use crate::state::{Segment, rates, segments, sparkline, stats_line};
+use crate::state::{Segment, rates, segments, sparkline, stats_line, trim_number};
 
 /// The chat view.
 #[component]
@@ -142,7 +142,7 @@ fn Settings(params: RwSignal<ChatParams>, system: RwSignal<String>) -> impl Into
                     data-testid=id
                     type="number"
                     step=step
-                    prop:value=move || params.with(|p| get(p).to_string())
+                    prop:value=move || params.with(|p| trim_number(get(p)))
                     on:change=move |ev| {
                         if let Ok(v) = event_target_value(&ev).trim().parse::<f64>()
                             && v.is_finite()
