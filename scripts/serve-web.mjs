@@ -22,8 +22,11 @@ const TYPES = {
   ".png": "image/png",
 };
 
-/** Starts the server; resolves to { server, url }. `files` maps extra URL paths to files. */
-export function serve({ dist, files = {}, port = 0, host = "127.0.0.1" }) {
+/**
+ * Starts the server; resolves to { server, url }. `files` maps extra URL paths to files, and
+ * `headers` are sent with every answer.
+ */
+export function serve({ dist, files = {}, port = 0, host = "127.0.0.1", headers = {} }) {
   const root = resolve(dist);
   const server = createServer((req, res) => {
     let path;
@@ -60,6 +63,7 @@ export function serve({ dist, files = {}, port = 0, host = "127.0.0.1" }) {
       "content-type": TYPES[extname(file)] ?? "application/octet-stream",
       "content-length": stat.size,
       "cache-control": "no-cache",
+      ...headers,
     });
     if (req.method === "HEAD") {
       res.end();

@@ -34,13 +34,25 @@ const HOOK = `
   };
 `;
 
-async function open(browser, url) {
+// A browser without relaxed SIMD, as the page sees it: its probe module does not validate.
+// (Chromium ships relaxed SIMD with no switch to turn it off.)
+const NO_RELAXED_SIMD = `
+  const validate = WebAssembly.validate;
+  WebAssembly.validate = (bytes, ...rest) => {
+    const b = new Uint8Array(bytes.buffer ?? bytes, bytes.byteOffset ?? 0, bytes.byteLength);
+    const relaxed = b.some((x, i) => x === 253 && b[i + 1] === 133 && b[i + 2] === 2);
+    return relaxed ? false : validate(bytes, ...rest);
+  };
+`;
+
+async function open(browser, url, relaxed = true) {
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const consoleErrors = [];
   page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
   await page.addInitScript(HOOK);
+  if (!relaxed) await page.addInitScript(NO_RELAXED_SIMD);
   await page.goto(url);
   await page.waitForFunction(() => window.__apr.events.some((e) => e.type === "ready"), null, { timeout: 60000 });
   return { context, page, consoleErrors };
@@ -101,9 +113,11 @@ async function nthDone(page, n) {
   return { done, tokens, text: tokens.map((t) => t.text).join("") };
 }
 
-async function tiny(browser, url, t) {
-  const { context, page, consoleErrors } = await open(browser, url);
-  check(/SIMD128/.test(await page.getByTestId("backend").innerText()), "the page names its backend", await page.getByTestId("backend").innerText());
+async function tiny(browser, url, t, relaxed) {
+  const { context, page, consoleErrors } = await open(browser, url, relaxed);
+  const backend = await page.getByTestId("backend").innerText();
+  check(relaxed ? /SIMD128 \+ relaxed FMA/.test(backend) : /SIMD128, 1 thread/.test(backend),
+    `the page names its backend (${relaxed ? "the relaxed-SIMD worker" : "the plain SIMD128 worker, relaxed SIMD switched off"})`, backend);
 
   // Load by a simulated drop.
   await drop(page, "model-drop", t.name, readFileSync(t.model));
@@ -218,7 +232,7 @@ async function tiny(browser, url, t) {
   const cli = readFileSync(t.cli_apr);
   check(ours.equals(cli), "GGUF→APR in the page equals apr rosetta convert, byte for byte", `${ours.length} vs ${cli.length} bytes`);
   check(/verified/.test(await page.getByTestId("converted").innerText()), "the page verified the conversion");
-  if (config.screenshots) {
+  if (config.screenshots && relaxed) {
     await page.screenshot({ path: join(config.screenshots, "converter.png"), fullPage: true });
   }
   // A broken input: the error shows, nothing is offered for download.
@@ -270,20 +284,26 @@ async function real(browser, url, r) {
 const files = config.real ? { [DEFAULT_MODEL_PATH]: config.real.model } : {};
 const { server, url } = await serve({ dist: config.dist, files });
 if (config.screenshots) mkdirSync(config.screenshots, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: config.chromium,
-  args: [
-    "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-  ],
-});
+const ARGS = [
+  "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync",
+];
+// The page picks the relaxed-SIMD worker where the browser has relaxed SIMD, as Chromium does;
+// where it has not, the plain SIMD128 worker must give the same answers.
+const modes = config.tiny ? [true, false] : [true];
 try {
-  if (config.tiny) await tiny(browser, url, config.tiny);
-  if (config.real) await real(browser, url, config.real);
+  for (const relaxed of modes) {
+    const browser = await chromium.launch({ executablePath: config.chromium, args: ARGS });
+    try {
+      if (config.tiny) await tiny(browser, url, config.tiny, relaxed);
+      if (config.real && relaxed) await real(browser, url, config.real);
+    } finally {
+      await browser.close();
+    }
+  }
 } catch (e) {
   check(false, "the browser run finished", e.stack ?? String(e));
 } finally {
-  await browser.close();
   server.close();
 }
 console.log(failures === 0 ? "all browser checks passed" : `${failures} browser check(s) failed`);

@@ -21,7 +21,9 @@ use crate::state::{cache_key_for_file, cache_key_for_url};
 
 /// The backend the worker computes on, as the page names it.
 pub(crate) fn backend_name() -> String {
-    if cfg!(target_feature = "simd128") {
+    if cfg!(target_feature = "relaxed-simd") {
+        "CPU · WebAssembly SIMD128 + relaxed FMA, 1 thread".into()
+    } else if cfg!(target_feature = "simd128") {
         "CPU · WebAssembly SIMD128, 1 thread".into()
     } else {
         "CPU · WebAssembly without SIMD, 1 thread".into()

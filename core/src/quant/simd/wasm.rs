@@ -1,10 +1,12 @@
 //! wasm32 `simd128` kernels, compiled in when the build enables the feature
 //! (`-C target-feature=+simd128`). Like the others they compute exactly the scalar reference.
 //!
-//! WebAssembly has no fused multiply-add (relaxed SIMD's may or may not fuse), and the reference
-//! fuses. A fused `acc + d * s` is recovered exactly in f64: `d * s` is exact there (24 + 17 bits),
-//! the sum is rounded to odd (a two-sum gives its error, which fixes the last bit), and rounding
-//! that to f32 is then the correctly rounded fused result.
+//! Plain SIMD128 has no fused multiply-add, and the reference fuses. A fused `acc + d * s` is
+//! recovered exactly in f64: `d * s` is exact there (24 + 17 bits), the sum is rounded to odd (a
+//! two-sum gives its error, which fixes the last bit), and rounding that to f32 is then the
+//! correctly rounded fused result. That costs most of a block's work, so the web build also makes
+//! a second worker with `-C target-feature=+relaxed-simd`, where the fused step is relaxed SIMD's
+//! `madd` (see [`fma_lanes`]); the page picks it where the browser has relaxed SIMD.
 //!
 //! The K-quants compute their exact integer parts here and share the reference's float side.
 //! Types and operations without a kernel here (f16, bf16, attention, SiLU) run the reference.
@@ -34,6 +36,7 @@ fn quads(x: v128, y: v128) -> v128 {
 }
 
 /// `a + b` in f64, rounded to odd: correct to round once more to f32.
+#[cfg(not(target_feature = "relaxed-simd"))]
 #[inline(always)]
 fn add_to_odd(a: v128, b: v128) -> v128 {
     let s = f64x2_add(a, b);
@@ -51,7 +54,21 @@ fn add_to_odd(a: v128, b: v128) -> v128 {
     i64x2_add(s, v128_and(step, fix))
 }
 
+/// `fmaf(d, s, acc)` lane by lane: `s` holds i32 lane sums (exact in f32: at most 2^17).
+///
+/// With relaxed SIMD this is one `f32x4.relaxed_madd`, which engines fuse wherever the CPU has
+/// a fused multiply-add (x86-64 with FMA3, every arm64), giving the reference's results bit for
+/// bit at a fraction of the cost; on a CPU without one the engine multiplies and adds, and the
+/// sums may differ from the reference in the last bit. The page loads this build only where the
+/// browser validates relaxed SIMD.
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(always)]
+fn fma_lanes(acc: v128, s: v128, d: f32) -> v128 {
+    f32x4_relaxed_madd(f32x4_splat(d), f32x4_convert_i32x4(s), acc)
+}
+
 /// `fmaf(d, s, acc)` lane by lane, exactly: `s` holds i32 lane sums.
+#[cfg(not(target_feature = "relaxed-simd"))]
 #[inline(always)]
 fn fma_lanes(acc: v128, s: v128, d: f32) -> v128 {
     let d = f64x2_splat(f64::from(d));
