@@ -701,8 +701,8 @@ impl Backend for Cpu {
                     for ((x0, x1), &(c, s)) in a.iter_mut().zip(b.iter_mut()).zip(&cos_sin) {
                         let (v0, v1) = (*x0, *x1);
                         // llama.cpp's C, built with FMA, contracts the first product of each.
-                        *x0 = libm::fmaf(v0, c, -(v1 * s));
-                        *x1 = libm::fmaf(v0, s, v1 * c);
+                        *x0 = crate::quant::fmaf(v0, c, -(v1 * s));
+                        *x1 = crate::quant::fmaf(v0, s, v1 * c);
                     }
                 }
             }

@@ -441,7 +441,7 @@ fn blocks<B: Pod>(
             let sum: i32 = (4 * l..4 * l + 4)
                 .map(|i| i32::from(q[i]) * i32::from(b.qs[i]))
                 .sum();
-            *lane = libm::fmaf(d, sum as f32, *lane);
+            *lane = crate::quant::fmaf(d, sum as f32, *lane);
         }
     }
     Ok(hsum8(&acc))
@@ -559,7 +559,7 @@ pub(crate) fn offset_fold<B>(
         summs += f16_to_f32(m) * s;
         let d = f16_to_f32(d) * f16_to_f32(a.d);
         for (acc, &v) in acc.iter_mut().zip(&lanes) {
-            *acc = libm::fmaf(d, v as f32, *acc);
+            *acc = crate::quant::fmaf(d, v as f32, *acc);
         }
     }
     hsum8(&acc) + summs
@@ -646,8 +646,8 @@ pub(crate) fn q4_k_fold(
             .chunks_exact(step)
             .zip(corrections.chunks_exact(step))
         {
-            acc = libm::fmaf(l.iter().sum::<i32>() as f32, d, acc);
-            acc_min = libm::fmaf(m.iter().sum::<i32>() as f32, dmin, acc_min);
+            acc = crate::quant::fmaf(l.iter().sum::<i32>() as f32, d, acc);
+            acc_min = crate::quant::fmaf(m.iter().sum::<i32>() as f32, dmin, acc_min);
         }
     }
     acc - acc_min
@@ -752,7 +752,7 @@ pub(crate) fn q6_k_fold(
         let mut acc = 0f32;
         for (a, b) in x.iter().zip(y) {
             let result = lanes(a, b).iter().sum::<i32>() as f32 * f16_to_f32(a.d);
-            acc = libm::fmaf(result, b.d, acc);
+            acc = crate::quant::fmaf(result, b.d, acc);
         }
         acc
     } else {
@@ -760,7 +760,7 @@ pub(crate) fn q6_k_fold(
         for (a, b) in x.iter().zip(y) {
             let d = b.d * f16_to_f32(a.d);
             for (lane, &v) in acc.iter_mut().zip(&lanes(a, b)) {
-                *lane = libm::fmaf(d, v as f32, *lane);
+                *lane = crate::quant::fmaf(d, v as f32, *lane);
             }
         }
         hsum8(&acc)

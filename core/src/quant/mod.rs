@@ -115,6 +115,27 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantEr
     Ok(())
 }
 
+/// `fmaf(a, b, c)`, the reference's fused multiply-add: libm's correctly rounded one, or in a
+/// WebAssembly build with relaxed SIMD the engine's `relaxed_madd`, which is fused wherever the
+/// CPU has an FMA (see `simd/wasm.rs`; its tests check the two agree bit for bit) and costs a
+/// few instructions instead of libm's software emulation.
+#[inline(always)]
+pub(crate) fn fmaf(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    {
+        use core::arch::wasm32::{f32x4_extract_lane, f32x4_relaxed_madd, f32x4_splat};
+        f32x4_extract_lane::<0>(f32x4_relaxed_madd(
+            f32x4_splat(a),
+            f32x4_splat(b),
+            f32x4_splat(c),
+        ))
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+    {
+        libm::fmaf(a, b, c)
+    }
+}
+
 /// `ggml_fp16_to_fp32`.
 #[inline]
 pub fn f16_to_f32(bits: [u8; 2]) -> f32 {

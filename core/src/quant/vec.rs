@@ -47,7 +47,7 @@ pub fn dot_ggml(x: &[f32], y: &[f32]) -> f32 {
     for (a, b) in xs.zip(ys) {
         for (j, lanes) in acc.iter_mut().enumerate() {
             for (l, lane) in lanes.iter_mut().enumerate() {
-                *lane = libm::fmaf(a[16 * j + l], b[16 * j + l], *lane);
+                *lane = crate::quant::fmaf(a[16 * j + l], b[16 * j + l], *lane);
             }
         }
     }
@@ -82,7 +82,7 @@ pub fn scale(acc: &mut [f32], s: f32, f16: bool) {
 /// to f16 when `f16` is set.
 pub fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
     for (a, &v) in acc.iter_mut().zip(v) {
-        *a = libm::fmaf(v, s, *a);
+        *a = crate::quant::fmaf(v, s, *a);
         if f16 {
             *a = round_f16(*a);
         }
@@ -287,7 +287,7 @@ pub fn attend(
         }
         row(head.values, t, v);
         mad(out, v, vs, f16);
-        sum = libm::fmaf(sum, ms, vs);
+        sum = crate::quant::fmaf(sum, ms, vs);
     }
     let inv = 1.0 / sum;
     for acc in out.iter_mut() {
@@ -322,21 +322,25 @@ pub(crate) fn exponents(scores: &[f32], out: &mut [f32]) {
 pub fn ggml_v_expf(x: f32) -> f32 {
     let c = f32::from_bits;
     let r = c(0x4b40_0000); // 0x1.8p23
-    let z = libm::fmaf(x, c(0x3fb8_aa3b), r);
+    let z = crate::quant::fmaf(x, c(0x3fb8_aa3b), r);
     let n = z - r;
-    let b = libm::fmaf(-n, c(0x35bf_be8e), libm::fmaf(-n, c(0x3f31_7200), x));
+    let b = crate::quant::fmaf(
+        -n,
+        c(0x35bf_be8e),
+        crate::quant::fmaf(-n, c(0x3f31_7200), x),
+    );
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
     let u = b * b;
-    let j = libm::fmaf(
-        libm::fmaf(
-            libm::fmaf(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+    let j = crate::quant::fmaf(
+        crate::quant::fmaf(
+            crate::quant::fmaf(c(0x3c07_2010), b, c(0x3d2b_9f17)),
             u,
-            libm::fmaf(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+            crate::quant::fmaf(c(0x3e2a_af33), b, c(0x3eff_fedb)),
         ),
         u,
-        libm::fmaf(c(0x3f7f_fff6), b, 1.0),
+        crate::quant::fmaf(c(0x3f7f_fff6), b, 1.0),
     );
     // `_mm512_scalef_ps`: j * 2^n, n a whole number here.
     libm::ldexpf(j, n as i32)

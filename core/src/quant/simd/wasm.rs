@@ -411,6 +411,9 @@ mod tests {
             let got = f32x4_extract_lane::<0>(v);
             let want = libm::fmaf(d, s as f32, acc);
             assert_eq!(got.to_bits(), want.to_bits(), "fma({d}, {s}, {acc})");
+            // The scalar one the reference uses, too.
+            let scalar = crate::quant::fmaf(d, s as f32, acc);
+            assert_eq!(scalar.to_bits(), want.to_bits(), "fmaf({d}, {s}, {acc})");
         }
         // Sums a hair above an f32 midpoint, by less than an f64 unit: rounding the f64 sum to
         // nearest and then to f32 lands on the midpoint and rounds the wrong way.
