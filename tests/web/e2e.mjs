@@ -243,6 +243,21 @@ async function tiny(browser, url, t, relaxed) {
 
   check(consoleErrors.length === 0, "nothing went to the console only", consoleErrors.join(" | "));
   await context.close();
+
+  // A browser whose WebAssembly has no SIMD, as the page sees it: a clear message on the page.
+  const bare = await browser.newContext();
+  const old = await bare.newPage();
+  await old.addInitScript(`
+    const validate = WebAssembly.validate;
+    WebAssembly.validate = (bytes, ...rest) => {
+      const b = new Uint8Array(bytes.buffer ?? bytes, bytes.byteOffset ?? 0, bytes.byteLength);
+      return b.includes(253) ? false : validate(bytes, ...rest);
+    };
+  `);
+  await old.goto(url);
+  const notice = await old.getByTestId("unsupported").innerText({ timeout: 30000 }).catch(() => "");
+  check(/SIMD/.test(notice), "a browser without WebAssembly SIMD is told so on the page", notice);
+  await bare.close();
 }
 
 async function real(browser, url, r) {
