@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createRequire } from "node:module";
 import { serve, DEFAULT_MODEL_PATH } from "./serve-web.mjs";
+import { HOOK } from "../tests/web/hook.mjs";
 
 const require = createRequire(import.meta.url);
 const { chromium } = require(join(process.cwd(), "tests/web/node_modules/playwright-core"));
@@ -86,8 +87,6 @@ async function wllamaRun(browser, url) {
   return r;
 }
 
-const HOOK = `window.__apr = { events: [] }; const B = window.Worker; window.Worker = class extends B {
-  constructor(...a) { super(...a); this.addEventListener("message", (e) => { try { window.__apr.events.push(JSON.parse(e.data.json)); } catch (_) {} }); } };`;
 
 async function aprRun(browser, url) {
   const context = await browser.newContext();

@@ -9,6 +9,7 @@ import { readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { serve, DEFAULT_MODEL_PATH } from "../../scripts/serve-web.mjs";
+import { HOOK } from "./hook.mjs";
 
 const config = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const LONG = 30 * 60 * 1000;
@@ -20,19 +21,6 @@ function check(ok, what, detail = "") {
   return ok;
 }
 
-// Records every event the worker sends the page, so the test can read token ids and reasons.
-const HOOK = `
-  window.__apr = { events: [] };
-  const Base = window.Worker;
-  window.Worker = class extends Base {
-    constructor(...args) {
-      super(...args);
-      this.addEventListener("message", (e) => {
-        try { window.__apr.events.push(JSON.parse(e.data.json)); } catch (_) {}
-      });
-    }
-  };
-`;
 
 // A browser without relaxed SIMD, as the page sees it: its probe module does not validate.
 // (Chromium ships relaxed SIMD with no switch to turn it off.)

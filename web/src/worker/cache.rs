@@ -37,8 +37,13 @@ async fn await_js(promise: js_sys::Promise) -> Result<JsValue, String> {
 }
 
 async fn dir() -> Result<FileSystemDirectoryHandle, String> {
+    folder(DIR).await
+}
+
+/// A folder of the origin private file system, made when missing.
+pub(crate) async fn folder(name: &str) -> Result<FileSystemDirectoryHandle, String> {
     if !available() {
-        return Err("this browser has no origin private file system for the cache".into());
+        return Err("this browser has no origin private file system".into());
     }
     let root: FileSystemDirectoryHandle = await_js(scope().navigator().storage().get_directory())
         .await?
@@ -46,13 +51,13 @@ async fn dir() -> Result<FileSystemDirectoryHandle, String> {
     let options = web_sys::FileSystemGetDirectoryOptions::new();
     options.set_create(true);
     Ok(
-        await_js(root.get_directory_handle_with_options(DIR, &options))
+        await_js(root.get_directory_handle_with_options(name, &options))
             .await?
             .unchecked_into(),
     )
 }
 
-async fn file_handle(
+pub(crate) async fn file_handle(
     dir: &FileSystemDirectoryHandle,
     name: &str,
     create: bool,

@@ -13,15 +13,14 @@ use apr_core::format::apr::Compression;
 use apr_core::format::model::ModelFile;
 use apr_core::info::ModelInfo;
 use apr_core::verify::verify;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    Blob, BlobPropertyBag, File, FileSystemDirectoryHandle, FileSystemFileHandle,
-    FileSystemGetDirectoryOptions, FileSystemGetFileOptions, FileSystemReadWriteOptions,
+    Blob, BlobPropertyBag, File, FileSystemFileHandle, FileSystemReadWriteOptions,
     FileSystemSyncAccessHandle,
 };
 
-use super::{cache, fail, io as wio, now_ms, post, scope};
+use super::{cache, fail, io as wio, now_ms, post};
 use crate::envelope::describe;
 use crate::protocol::{
     CompressionChoice, ConvertOptions, Event, StageRow, TargetFormat, Task, VerifySummary,
@@ -196,31 +195,15 @@ impl Output {
         }
     }
 
-    async fn open_disk(name: &str) -> Result<Self, JsValue> {
-        if !cache::available() {
-            return Err(JsValue::NULL);
-        }
-        let root: FileSystemDirectoryHandle =
-            JsFuture::from(scope().navigator().storage().get_directory())
-                .await?
-                .unchecked_into();
-        let dir_options = FileSystemGetDirectoryOptions::new();
-        dir_options.set_create(true);
-        let dir: FileSystemDirectoryHandle =
-            JsFuture::from(root.get_directory_handle_with_options(OUT_DIR, &dir_options))
-                .await?
-                .unchecked_into();
+    async fn open_disk(name: &str) -> Result<Self, String> {
         // Only the newest conversion is kept: the page has its download by then.
-        let file_options = FileSystemGetFileOptions::new();
-        file_options.set_create(true);
-        let handle: FileSystemFileHandle =
-            JsFuture::from(dir.get_file_handle_with_options(name, &file_options))
-                .await?
-                .unchecked_into();
+        let dir = cache::folder(OUT_DIR).await?;
+        let handle = cache::file_handle(&dir, name, true).await?;
         let access: FileSystemSyncAccessHandle = JsFuture::from(handle.create_sync_access_handle())
-            .await?
+            .await
+            .map_err(|e| describe(&e))?
             .unchecked_into();
-        access.truncate_with_f64(0.0)?;
+        access.truncate_with_f64(0.0).map_err(|e| describe(&e))?;
         Ok(Output::Disk {
             access,
             handle,
