@@ -5,9 +5,9 @@
 // what this needs. Prints one line per measurement and a table at the end.
 //
 //   node scripts/bench-web.mjs --model M.gguf --wllama DIR [--runs 3] [--prompt-file F] [--gen 64]
-import { readFileSync, writeFileSync, mkdtempSync } from "node:fs";
+import { readFileSync, writeFileSync, mkdtempSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { createRequire } from "node:module";
 import { serve, DEFAULT_MODEL_PATH } from "./serve-web.mjs";
 import { HOOK } from "../tests/web/hook.mjs";
@@ -59,7 +59,11 @@ const LAUNCH = {
 
 // wllama's build uses shared (threaded) memory, which needs a cross-origin isolated page, even
 // when told to use one thread.
-const ISOLATED = { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" };
+const ISOLATED = {
+  "cross-origin-opener-policy": "same-origin",
+  "cross-origin-embedder-policy": "require-corp",
+  "cross-origin-resource-policy": "same-origin",
+};
 
 const WLLAMA_PAGE = `<!doctype html><meta charset="utf-8"><body><script type="module">
 import { Wllama } from "./wllama/index.js";
@@ -114,25 +118,13 @@ async function aprRun(browser, url) {
   return { load_ms: l.load_ms, prompt_n: s.prompt_tokens, prefill: s.prefill_tok_s, predicted_n: s.generated, decode: s.decode_tok_s, open_to_first_token_ms: firstToken };
 }
 
+// wllama's page and its esm folder (linked in as wllama/) in a site of their own.
 const site = mkdtempSync(join(tmpdir(), "apr-bench-"));
 writeFileSync(join(site, "wllama-bench.html"), WLLAMA_PAGE);
+symlinkSync(resolve(wllamaDir), join(site, "wllama"));
 const files = { [DEFAULT_MODEL_PATH]: model };
-const wllamaFiles = { "wllama-bench.html": join(site, "wllama-bench.html"), [DEFAULT_MODEL_PATH]: model };
 const apr = await serve({ dist: "dist", files });
-const wl = await serve({ dist: wllamaDir, files: wllamaFiles, headers: ISOLATED });
-// Serve wllama's esm folder under wllama/.
-wl.server.removeAllListeners("request");
-const { createReadStream, statSync } = await import("node:fs");
-wl.server.on("request", (req, res) => {
-  const path = decodeURIComponent(new URL(req.url, "http://x").pathname).replace(/^\/+/, "");
-  const file = wllamaFiles[path] ?? (path.startsWith("wllama/") ? join(wllamaDir, path.slice(7)) : null);
-  let st;
-  try { st = file && statSync(file); } catch { st = null; }
-  if (!st || !st.isFile()) { res.writeHead(404).end(); return; }
-  const type = file.endsWith(".wasm") ? "application/wasm" : file.endsWith(".js") ? "text/javascript" : file.endsWith(".html") ? "text/html" : "application/octet-stream";
-  res.writeHead(200, { "content-type": type, "content-length": st.size, ...ISOLATED, "cross-origin-resource-policy": "same-origin" });
-  createReadStream(file).pipe(res);
-});
+const wl = await serve({ dist: site, files, headers: ISOLATED });
 
 const browser = await chromium.launch(LAUNCH);
 const results = { apr: [], wllama: [] };

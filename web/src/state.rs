@@ -267,9 +267,14 @@ pub fn cache_key_for_url(url: &str) -> String {
     let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
-    let last = url.split(['?', '#']).next().unwrap_or(url);
-    let last = last.rsplit('/').next().unwrap_or(last);
-    format!("url-{hash:016x}-{}", sanitize(last))
+    format!("url-{hash:016x}-{}", sanitize(url_file_name(url)))
+}
+
+/// The file name a URL ends with (its last path segment, without query or fragment); empty when
+/// the path ends with a slash.
+pub fn url_file_name(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 fn sanitize(name: &str) -> String {
@@ -404,5 +409,7 @@ mod tests {
         assert!(k.starts_with("url-") && k.ends_with("-model.gguf"), "{k}");
         assert_ne!(k, cache_key_for_url("https://h/y/model.gguf"));
         assert_eq!(sanitize(".."), "m..");
+        assert_eq!(url_file_name("https://h/x/m.gguf?download=1#a"), "m.gguf");
+        assert_eq!(url_file_name("https://h/x/"), "");
     }
 }

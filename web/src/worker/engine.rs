@@ -17,7 +17,7 @@ use super::{io, now_ms, post, stop_requested, yield_now};
 use crate::protocol::{
     CacheEntry, ChatMessage, ChatParams, Event, GenStats, ModelSource, Role, Task,
 };
-use crate::state::{cache_key_for_file, cache_key_for_url};
+use crate::state::{cache_key_for_file, cache_key_for_url, url_file_name};
 
 /// The backend the worker computes on, as the page names it.
 pub(crate) fn backend_name() -> String {
@@ -115,13 +115,10 @@ async fn bytes_of(
         }
         ModelSource::Url { url } => {
             let key = cache_key_for_url(&url);
-            let name = url
-                .split(['?', '#'])
-                .next()
-                .and_then(|u| u.rsplit('/').next())
-                .filter(|n| !n.is_empty())
-                .unwrap_or("model")
-                .to_string();
+            let name = match url_file_name(&url) {
+                "" => "model".to_string(),
+                n => n.to_string(),
+            };
             if let Some((entry, file)) = cache::open(&key).await {
                 let bytes = io::read_blob(&file, &entry.name, Task::Load, None)?;
                 return Ok((bytes, entry.name, true));

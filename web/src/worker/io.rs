@@ -11,7 +11,7 @@ use super::cache::CacheWriter;
 use super::{post, scope};
 use crate::envelope::describe;
 use crate::protocol::{Event, Task};
-use crate::state::human_bytes;
+use crate::state::{human_bytes, url_file_name};
 
 /// Bytes per slice read from a `Blob`.
 const SLICE: u64 = 8 << 20;
@@ -27,13 +27,17 @@ pub(crate) fn buffer(size: u64, name: &str) -> Result<Vec<u8>, String> {
     if fits {
         Ok(buf)
     } else {
-        Err(format!(
-            "{name} is {}: too large for this browser tab's memory (WebAssembly gives a page at most \
-             2 GB for one file). Use a quantized GGUF or APR (the 0.5B model at Q4_K_M is 491 MB), or \
-             the `apr` command line.",
-            human_bytes(size)
-        ))
+        Err(too_large(name, &human_bytes(size)))
     }
+}
+
+/// Why a model cannot be held in this tab's memory.
+fn too_large(name: &str, size: &str) -> String {
+    format!(
+        "{name} is {size}: too large for this browser tab's memory (WebAssembly gives a page at most \
+         2 GB for one file). Use a quantized GGUF or APR (the 0.5B model at Q4_K_M is 491 MB), or \
+         the `apr` command line."
+    )
 }
 
 /// Reads all of `blob` into memory in slices, reporting progress under `task` and handing each
@@ -104,7 +108,7 @@ pub(crate) async fn fetch(
         .flatten()
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    let name = url.rsplit('/').next().unwrap_or(url);
+    let name = url_file_name(url);
     let mut buf = buffer(total, name)?;
     let body = response
         .body()
@@ -132,7 +136,10 @@ pub(crate) async fn fetch(
         let n = value.length() as usize;
         let start = buf.len();
         if buf.try_reserve(n).is_err() {
-            return Err(buffer(u64::MAX, name).err().unwrap_or_default());
+            return Err(too_large(
+                name,
+                &format!("over {}", human_bytes(start as u64)),
+            ));
         }
         buf.resize(start + n, 0);
         value.copy_to(&mut buf[start..]);
