@@ -188,7 +188,6 @@ impl Engine<'_> {
                 self.metrics.set_busy_slots(running.len());
             }
             running = self.round(running);
-            self.metrics.set_busy_slots(running.len());
         }
     }
 
@@ -210,14 +209,16 @@ impl Engine<'_> {
         let tokens = match stepped {
             Ok(tokens) => tokens,
             Err(e) => {
+                self.metrics.set_busy_slots(0);
                 for r in running {
-                    let _ = r.events.send(Event::Failed(format!("{e:#}")));
                     self.busy[r.slot] = false;
+                    let _ = r.events.send(Event::Failed(format!("{e:#}")));
                 }
                 return Vec::new();
             }
         };
         let mut still = Vec::with_capacity(running.len());
+        let mut done = Vec::new();
         for (mut r, token) in running.into_iter().zip(tokens) {
             match token {
                 Some(token) => {
@@ -231,9 +232,15 @@ impl Engine<'_> {
                 }
                 None => {
                     self.busy[r.slot] = false;
-                    self.finish(r);
+                    done.push(r);
                 }
             }
+        }
+        // The gauge drops before the replies go out: a client that has its answer never sees
+        // its slot still busy.
+        self.metrics.set_busy_slots(still.len());
+        for r in done {
+            self.finish(r);
         }
         still
     }
