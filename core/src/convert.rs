@@ -388,20 +388,31 @@ fn pieces(ty: GgmlType, n: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Writes every planned tensor, in plan order, into `sink`. `done` is called with each source
-/// tensor once it has been written (to release its pages, say).
+/// How a conversion reaches each source tensor's bytes: `around(t, work)` runs `work` on `t` with
+/// its bytes readable. [`in_place`] is enough for a file parsed whole; a caller may also release
+/// the pages after, or read the bytes of a file parsed from its head ([`Tensor::with_data`]).
+pub type Around<'f, 'a> =
+    &'f mut dyn FnMut(&Tensor<'a>, &mut dyn FnMut(&Tensor<'_>) -> Result<()>) -> Result<()>;
+
+/// The [`Around`] of a file parsed whole: runs the work on the tensor as it is.
+pub fn in_place(t: &Tensor<'_>, work: &mut dyn FnMut(&Tensor<'_>) -> Result<()>) -> Result<()> {
+    work(t)
+}
+
+/// Writes every planned tensor, in plan order, into `sink`, reaching each source tensor through
+/// `around`.
 pub fn write_all<'a>(
     model: &ModelFile<'a>,
     plan: &[Planned],
     sink: &mut dyn TensorSink,
     progress: &mut dyn FnMut(u64),
     cancelled: &dyn Fn() -> bool,
-    done: &mut dyn FnMut(&Tensor<'a>),
+    around: Around<'_, 'a>,
 ) -> Result<()> {
     for p in plan {
-        let src = &model.tensors[p.src];
-        sink.write_tensor(&mut |w| produce(src, p.out.dtype, w, progress, cancelled))?;
-        done(src);
+        around(&model.tensors[p.src], &mut |src| {
+            sink.write_tensor(&mut |w| produce(src, p.out.dtype, w, progress, cancelled))
+        })?;
     }
     Ok(())
 }
@@ -464,7 +475,7 @@ pub fn file_sink<'w, W: Write + Seek + 'w>(
 }
 
 /// Converts `model` into one file written to `out`: the writer for `opts.target`, every planned
-/// tensor, and the trailer. `progress`, `cancelled` and `done` are as for [`write_all`].
+/// tensor, and the trailer. `progress`, `cancelled` and `around` are as for [`write_all`].
 #[allow(clippy::too_many_arguments)]
 pub fn write_file<'a, W: Write + Seek>(
     out: W,
@@ -474,11 +485,11 @@ pub fn write_file<'a, W: Write + Seek>(
     file: &FileOutput<'_>,
     progress: &mut dyn FnMut(u64),
     cancelled: &dyn Fn() -> bool,
-    done: &mut dyn FnMut(&Tensor<'a>),
+    around: Around<'_, 'a>,
 ) -> Result<()> {
     let meta = output_metadata(model, plan, opts);
     let mut sink = file_sink(out, model, plan, &meta, opts, file)?;
-    write_all(model, plan, &mut *sink, progress, cancelled, done)?;
+    write_all(model, plan, &mut *sink, progress, cancelled, around)?;
     sink.finish()
 }
 

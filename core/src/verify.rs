@@ -76,13 +76,30 @@ const KEYS: &[&str] = &[
     "tokenizer.ggml.bos_token_id",
 ];
 
-/// Compares `out` with `src`.
-/// `done` is called with each pair of tensors once compared (to release their pages, say).
+/// How [`verify`] reaches each pair of tensors' bytes: `around(s, o, work)` runs `work` on them
+/// with their bytes readable ([`in_place`] for files parsed whole; see
+/// [`crate::convert::Around`]).
+pub type Around<'f, 'a, 'b> = &'f mut dyn FnMut(
+    &Tensor<'a>,
+    &Tensor<'b>,
+    &mut dyn FnMut(&Tensor<'_>, &Tensor<'_>) -> Result<()>,
+) -> Result<()>;
+
+/// The [`Around`] of files parsed whole: runs the work on the tensors as they are.
+pub fn in_place(
+    s: &Tensor<'_>,
+    o: &Tensor<'_>,
+    work: &mut dyn FnMut(&Tensor<'_>, &Tensor<'_>) -> Result<()>,
+) -> Result<()> {
+    work(s, o)
+}
+
+/// Compares `out` with `src`, reaching each pair of tensors through `around`.
 pub fn verify<'a, 'b>(
     src: &ModelFile<'a>,
     out: &ModelFile<'b>,
     progress: &mut dyn FnMut(u64),
-    done: &mut dyn FnMut(&Tensor<'a>, &Tensor<'b>),
+    around: Around<'_, 'a, 'b>,
 ) -> Result<VerifyReport> {
     let mut problems = Vec::new();
     if src.tensors.len() != out.tensors.len() {
@@ -137,8 +154,14 @@ pub fn verify<'a, 'b>(
             ));
             continue;
         }
-        tensors.push(compare(s, o, progress)?);
-        done(s, o);
+        let mut check = None;
+        around(s, o, &mut |s, o| {
+            check = Some(compare(s, o, progress)?);
+            Ok(())
+        })?;
+        tensors.push(check.ok_or_else(|| {
+            Error::Invalid(format!("tensor {}: its bytes were never compared", s.name))
+        })?);
     }
     for o in &out.tensors {
         if src.tensor(&o.name).is_none() {

@@ -373,3 +373,170 @@ fn issue_3_decode_only_types_round_trip() {
 fn half_bits(v: f32) -> [u8; 2] {
     apr_core::quant::f32_to_f16(v)
 }
+
+/// A file read the way the browser's converter reads one: its head first (grown by doubling
+/// from 64 bytes), the APR footer CRC in slices, and each tensor's bytes only while in use.
+struct Pieces<'f> {
+    file: &'f [u8],
+    /// The most bytes held at once by the tensor reads.
+    largest: usize,
+}
+
+impl<'f> Pieces<'f> {
+    fn footer(&self) -> apr_core::format::apr::Footer {
+        let mut crc = apr_core::format::apr::FooterCrc::new();
+        let body = self.file.len().saturating_sub(4);
+        for slice in self.file[..body].chunks(1000) {
+            crc.update(slice);
+        }
+        let mut last = [0u8; 4];
+        if self.file.len() >= 4 {
+            last.copy_from_slice(&self.file[body..]);
+        }
+        crc.finish(last)
+    }
+
+    fn head(&self) -> apr_core::Result<Vec<u8>> {
+        ModelFile::read_head(self.file.len() as u64, self.footer(), 64, &mut |n| {
+            Ok(self.file[..n as usize].to_vec())
+        })
+    }
+
+    fn tensor(&mut self, t: &apr_core::format::model::Tensor<'_>) -> Vec<u8> {
+        assert!(
+            !t.is_loaded() || t.stored_size == 0,
+            "{} came with the head",
+            t.name
+        );
+        let at = t.offset as usize;
+        let bytes = self.file[at..at + t.stored_size as usize].to_vec();
+        self.largest = self.largest.max(bytes.len());
+        bytes
+    }
+}
+
+/// Converts `src` through `write_file` and `--verify`'s comparison, from the whole file or from
+/// its head and tensor reads.
+fn convert_file(src: &[u8], target: Format, compression: Compression, streamed: bool) -> Vec<u8> {
+    let mut pieces = Pieces {
+        file: src,
+        largest: 0,
+    };
+    let head = pieces.head().unwrap();
+    let model = if streamed {
+        ModelFile::parse_head(&head, src.len() as u64, pieces.footer()).unwrap()
+    } else {
+        ModelFile::parse(src).unwrap()
+    };
+    let opts = Options {
+        target,
+        quantize: None,
+        dtype: None,
+    };
+    let plan = convert::plan(&model, &opts).unwrap();
+    let file = convert::FileOutput {
+        compression,
+        zstd_level: 3,
+        source_name: "test",
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut load = |t: &apr_core::format::model::Tensor<'_>,
+                    work: &mut dyn FnMut(
+        &apr_core::format::model::Tensor<'_>,
+    ) -> apr_core::Result<()>| {
+        if streamed {
+            let bytes = pieces.tensor(t);
+            work(&t.with_data(&bytes)?)
+        } else {
+            work(t)
+        }
+    };
+    convert::write_file(
+        &mut out,
+        &model,
+        &plan,
+        &opts,
+        &file,
+        &mut |_| {},
+        &|| false,
+        &mut load,
+    )
+    .unwrap();
+    let out = out.into_inner();
+    let back = ModelFile::parse(&out).unwrap();
+    let report = apr_core::verify::verify(&model, &back, &mut |_| {}, &mut |s, o, work| {
+        if streamed {
+            let bytes = pieces.tensor(s);
+            work(&s.with_data(&bytes)?, o)
+        } else {
+            work(s, o)
+        }
+    })
+    .unwrap();
+    assert!(
+        report.pass,
+        "{target:?} {compression:?}: {:?}",
+        report.problems
+    );
+    if streamed {
+        let largest = model.tensors.iter().map(|t| t.stored_size).max().unwrap();
+        assert_eq!(pieces.largest as u64, largest);
+        assert!(head.len() < src.len() / 2, "a head of {} bytes", head.len());
+    }
+    out
+}
+
+#[test]
+fn issue_7_a_file_read_tensor_by_tensor_converts_to_the_same_bytes() {
+    let gguf = synth::gguf(&Config::default(), GgmlType::Q5_0).unwrap();
+    let st = convert(&gguf, Format::Safetensors, None, None, Compression::None);
+    let mut sources = vec![("gguf", gguf.clone()), ("safetensors", st)];
+    for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        sources.push(("apr", convert(&gguf, Format::Apr, None, None, c)));
+    }
+    for (what, src) in &sources {
+        for target in [Format::Gguf, Format::Safetensors, Format::Apr] {
+            for c in [Compression::None, Compression::Zstd] {
+                if target != Format::Apr && c != Compression::None {
+                    continue;
+                }
+                let whole = convert_file(src, target, c, false);
+                let streamed = convert_file(src, target, c, true);
+                if whole != streamed {
+                    let at = whole.iter().zip(&streamed).position(|(a, b)| a != b);
+                    panic!(
+                        "{what} to {target:?} {c:?}: {} vs {} bytes, first difference at {at:?}: {:?}",
+                        whole.len(),
+                        streamed.len(),
+                        at.map(
+                            |i| String::from_utf8_lossy(&whole[i.saturating_sub(40)..i + 40])
+                                .to_string()
+                        )
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn issue_7_a_head_gets_the_whole_files_errors() {
+    let gguf = synth::gguf(&Config::default(), GgmlType::Q8_0).unwrap();
+    let st = convert(&gguf, Format::Safetensors, None, None, Compression::None);
+    let apr = convert(&gguf, Format::Apr, None, None, Compression::Lz4);
+    let mut bad_crc = apr.clone();
+    let n = bad_crc.len();
+    bad_crc[n / 2] ^= 1;
+    let mut cases: Vec<Vec<u8>> = vec![bad_crc, Vec::new(), b"not a model".to_vec()];
+    for file in [&gguf, &st, &apr] {
+        for cut in [7, 100, file.len() / 3, file.len() * 9 / 10] {
+            cases.push(file[..cut].to_vec());
+        }
+    }
+    for file in &cases {
+        let pieces = Pieces { file, largest: 0 };
+        let whole = ModelFile::parse(file).unwrap_err().to_string();
+        let head = pieces.head().unwrap_err().to_string();
+        assert_eq!(head, whole);
+    }
+}

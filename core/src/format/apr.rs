@@ -345,6 +345,40 @@ pub struct AprFile<'a> {
     pub footer_verified: bool,
 }
 
+/// The footer CRC of a file: what its last four bytes store and what the bytes before them hash
+/// to. They differ only in a damaged file or one of the original tool's, which may have none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footer {
+    /// The last four bytes, little-endian.
+    pub stored: u32,
+    /// CRC32 of every byte before them.
+    pub computed: u32,
+}
+
+/// Computes a [`Footer`] piece by piece, for a file read in slices.
+#[derive(Clone, Debug, Default)]
+pub struct FooterCrc(crc32fast::Hasher);
+
+impl FooterCrc {
+    /// Nothing hashed yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Hashes the next bytes of the file (all but its last four, in order).
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The footer, given the file's last four bytes.
+    pub fn finish(self, last: [u8; 4]) -> Footer {
+        Footer {
+            stored: u32::from_le_bytes(last),
+            computed: self.0.finalize(),
+        }
+    }
+}
+
 impl<'a> AprFile<'a> {
     /// Parses and validates everything but the compressed payloads.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, AprError> {
@@ -354,14 +388,45 @@ impl<'a> AprFile<'a> {
     /// Like [`AprFile::parse`]; `release` is handed each stretch of the file once the footer CRC
     /// has read it, so a caller with a memory map can drop those pages.
     pub fn parse_with_release(bytes: &'a [u8], release: &dyn Fn(&[u8])) -> Result<Self, AprError> {
-        let len = bytes.len() as u64;
-        if bytes.len() < HEADER_LEN + 4 {
+        let mut crc = FooterCrc::new();
+        let footer = match bytes.len().checked_sub(4) {
+            Some(at) if bytes.len() >= HEADER_LEN + 4 => {
+                for part in bytes[..at].chunks(64 << 20) {
+                    crc.update(part);
+                    release(part);
+                }
+                crc.finish([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+            }
+            // Too short for a footer: `parse_head` says so.
+            _ => crc.finish([0; 4]),
+        };
+        Self::parse_head(bytes, bytes.len() as u64, footer)
+    }
+
+    /// Parses a file of `file_len` bytes from its first bytes, `head`, and its [`Footer`]
+    /// (computed by the caller over the whole file): `head` must hold the header, the metadata
+    /// and the tensor index. Everything is checked as [`AprFile::parse`] checks it, and tensors
+    /// that lie beyond `head` get empty `data`.
+    pub fn parse_head(head: &'a [u8], file_len: u64, footer: Footer) -> Result<Self, AprError> {
+        let (bytes, len) = (head, file_len);
+        if len < (HEADER_LEN + 4) as u64 || bytes.len() < HEADER_LEN {
             if bytes.len() >= 4 && bytes[..4] != MAGIC {
                 return Err(AprError::BadMagic([bytes[0], bytes[1], bytes[2], bytes[3]]));
             }
-            return Err(AprError::TooShort { len });
+            return Err(AprError::TooShort {
+                len: len.min(bytes.len() as u64),
+            });
         }
         let header = Header::parse(bytes)?;
+        // A range of the file that must lie inside `head`.
+        let in_head = |name: &'static str, range: core::ops::Range<usize>| {
+            bytes.get(range.clone()).ok_or(AprError::OutOfBounds {
+                section: name,
+                offset: range.start as u64,
+                end: range.end as u64,
+                len: bytes.len() as u64,
+            })
+        };
         let section = |name: &'static str, offset: u64, size: u64, limit: u64| {
             let end = offset.saturating_add(size);
             if offset < HEADER_LEN as u64 || end > limit {
@@ -381,7 +446,7 @@ impl<'a> AprFile<'a> {
             header.metadata_size.into(),
             len,
         )?;
-        let meta_bytes = &bytes[meta_range];
+        let meta_bytes = in_head("metadata", meta_range)?;
         let meta_end = meta_bytes
             .iter()
             .rposition(|&b| b != 0)
@@ -394,17 +459,12 @@ impl<'a> AprFile<'a> {
             .windows(marker.len())
             .any(|w| w == marker.as_bytes());
 
-        let footer_at = bytes.len() - 4;
-        let stored = le_u32(bytes, footer_at);
-        let mut crc = crc32fast::Hasher::new();
-        for part in bytes[..footer_at].chunks(64 << 20) {
-            crc.update(part);
-            release(part);
-        }
-        let computed = crc.finalize();
-        let footer_verified = stored == computed;
+        let footer_verified = footer.stored == footer.computed;
         if !footer_verified && !legacy {
-            return Err(AprError::FooterCrc { stored, computed });
+            return Err(AprError::FooterCrc {
+                stored: footer.stored,
+                computed: footer.computed,
+            });
         }
         let body_len = if footer_verified { len - 4 } else { len };
 
@@ -420,7 +480,7 @@ impl<'a> AprFile<'a> {
             index_end.saturating_sub(header.index_offset),
             body_len,
         )?;
-        let index_bytes = &bytes[index_range];
+        let index_bytes = in_head("tensor index", index_range)?;
         let count = u64::from(header.tensor_count);
         let min_entry = IndexEntry::encoded_len("", 0) as u64;
         if count.saturating_mul(min_entry) > index_bytes.len() as u64 {
@@ -537,8 +597,12 @@ impl<'a> AprFile<'a> {
         let data = index
             .iter()
             .map(|e| {
-                let start = (header.data_offset + e.offset) as usize;
-                &bytes[start..start + e.size as usize]
+                let start = header.data_offset + e.offset;
+                usize::try_from(start)
+                    .ok()
+                    .zip(usize::try_from(start + e.size).ok())
+                    .and_then(|(s, e)| bytes.get(s..e))
+                    .unwrap_or(&[])
             })
             .collect();
         Ok(Self {

@@ -593,6 +593,15 @@ impl<'a> Gguf<'a> {
     /// Parses and validates a whole file. Every tensor's bytes are known to lie inside `bytes` when
     /// this returns `Ok`.
     pub fn parse_with_limits(bytes: &'a [u8], limits: &Limits) -> Result<Self, GgufError> {
+        Self::parse_head(bytes, bytes.len() as u64, limits)
+    }
+
+    /// Parses a file of `file_len` bytes from its first bytes, `head`, which must hold the header
+    /// and the tensor table; the tensors' bytes are checked against `file_len`, and
+    /// [`Gguf::tensor_data`] is empty for those that lie beyond `head`. When `head` is too short
+    /// the error is the one a file cut there would get.
+    pub fn parse_head(head: &'a [u8], file_len: u64, limits: &Limits) -> Result<Self, GgufError> {
+        let bytes = head;
         let mut cur = Cursor {
             bytes,
             pos: 0,
@@ -665,7 +674,6 @@ impl<'a> Gguf<'a> {
         }
 
         let data_offset = cur.offset().next_multiple_of(alignment);
-        let file_len = bytes.len() as u64;
         let mut names: Vec<&str> = tensors.iter().map(|t| t.name).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -777,7 +785,7 @@ impl<'a> Gguf<'a> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The bytes of a tensor of this file.
+    /// The bytes of a tensor of this file (empty when parsed from a head that ends before them).
     pub fn tensor_data(&self, tensor: &TensorInfo<'_>) -> &'a [u8] {
         let start = self.data_offset.saturating_add(tensor.offset);
         let end = start.saturating_add(tensor.size);

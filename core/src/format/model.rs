@@ -6,8 +6,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use super::Format;
-use super::apr::{AprFile, Compression};
-use super::gguf::Gguf;
+use super::apr::{AprFile, Compression, Footer};
+use super::gguf::{Gguf, Limits};
 use super::safetensors::{METADATA_KEY, StFile};
 use crate::dtype::GgmlType;
 use crate::meta::{MetaValue, Metadata};
@@ -25,8 +25,11 @@ pub struct Tensor<'a> {
     pub dtype: GgmlType,
     /// Row-major shape, outermost first.
     pub shape: Vec<u64>,
-    /// The stored bytes (compressed when `compression` says so).
+    /// The stored bytes (compressed when `compression` says so); empty when the file was parsed
+    /// from its head only ([`ModelFile::parse_head`]) and they lie beyond it.
     pub data: &'a [u8],
+    /// How many bytes the file stores for this tensor, at `offset`.
+    pub stored_size: u64,
     /// How `data` is encoded.
     pub compression: Compression,
     /// Absolute file offset of `data`.
@@ -34,6 +37,34 @@ pub struct Tensor<'a> {
 }
 
 impl<'a> Tensor<'a> {
+    /// Whether `data` holds the stored bytes (always, unless parsed from a head).
+    pub fn is_loaded(&self) -> bool {
+        self.data.len() as u64 == self.stored_size
+    }
+
+    /// This tensor with its stored bytes, read separately from the file at
+    /// `offset..offset + stored_size`.
+    pub fn with_data<'b>(&self, data: &'b [u8]) -> Result<Tensor<'b>> {
+        if data.len() as u64 != self.stored_size {
+            return Err(Error::Invalid(alloc::format!(
+                "{}: {} bytes read for a tensor of {} stored bytes",
+                self.stored_name,
+                data.len(),
+                self.stored_size
+            )));
+        }
+        Ok(Tensor {
+            name: self.name.clone(),
+            stored_name: self.stored_name.clone(),
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            data,
+            stored_size: self.stored_size,
+            compression: self.compression,
+            offset: self.offset,
+        })
+    }
+
     /// Number of values.
     pub fn elements(&self) -> u64 {
         // Checked when the file was read; saturating keeps a hostile shape from wrapping.
@@ -152,6 +183,46 @@ impl<'a> ModelFile<'a> {
         }
     }
 
+    /// Parses a file of `file_len` bytes from its first bytes, `head`, for reading the rest
+    /// tensor by tensor ([`Tensor::with_data`]): `head` must hold everything before the tensor
+    /// data, and tensors beyond it get empty `data`. An APR file needs its [`Footer`], computed
+    /// over the whole file; other formats ignore it. Every check of [`ModelFile::parse`] is made
+    /// against `file_len`; when `head` is too short the error is the one a file cut there would
+    /// get, so a caller grows `head` until it parses or is the whole file.
+    pub fn parse_head(head: &'a [u8], file_len: u64, footer: Footer) -> Result<Self> {
+        match Format::detect(head)? {
+            Format::Gguf => Ok(Self::from_gguf(
+                &Gguf::parse_head(head, file_len, &Limits::default())?,
+                file_len,
+            )),
+            Format::Safetensors => {
+                Self::from_safetensors(&StFile::parse_head(head, file_len)?, file_len)
+            }
+            Format::Apr => Self::from_apr(AprFile::parse_head(head, file_len, footer)?, file_len),
+        }
+    }
+
+    /// The head [`ModelFile::parse_head`] needs, from a file of `file_len` bytes read piece by
+    /// piece: `read(n)` gives its first `n` bytes. Starts at `first` bytes and doubles until the
+    /// head parses (then returns it, to be parsed again by the caller, who owns it) or is the
+    /// whole file (then returns the whole file's error).
+    pub fn read_head(
+        file_len: u64,
+        footer: Footer,
+        first: u64,
+        read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let mut n = first.clamp(1, file_len.max(1));
+        loop {
+            let head = read(n.min(file_len))?;
+            match ModelFile::parse_head(&head, file_len, footer) {
+                Ok(_) => return Ok(head),
+                Err(e) if n >= file_len => return Err(e),
+                Err(_) => n = n.saturating_mul(2),
+            }
+        }
+    }
+
     /// The view of a parsed GGUF file.
     pub fn from_gguf(gguf: &Gguf<'a>, file_size: u64) -> Self {
         let tensors = gguf
@@ -163,6 +234,7 @@ impl<'a> ModelFile<'a> {
                 dtype: t.ty,
                 shape: t.shape(),
                 data: gguf.tensor_data(t),
+                stored_size: t.size,
                 compression: Compression::None,
                 offset: gguf.data_offset() + t.offset,
             })
@@ -198,6 +270,7 @@ impl<'a> ModelFile<'a> {
                 dtype: t.dtype,
                 shape: t.shape.clone(),
                 data: t.data,
+                stored_size: t.stored_size,
                 compression: Compression::None,
                 offset: t.offset,
             })
@@ -231,6 +304,7 @@ impl<'a> ModelFile<'a> {
                 dtype: e.dtype,
                 shape: e.shape.clone(),
                 data,
+                stored_size: e.size,
                 compression,
                 offset: apr.data_offset + e.offset,
             })

@@ -6,12 +6,16 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::dtype::GgmlType;
 
 /// The `__metadata__` key holding apr's typed metadata.
 pub const METADATA_KEY: &str = "apr.metadata";
+
+/// The largest header the `safetensors` crate reads.
+const MAX_HEADER: u64 = 100_000_000;
 
 /// One tensor as the file stores it.
 #[derive(Debug, Clone)]
@@ -22,8 +26,10 @@ pub struct StTensor<'a> {
     pub dtype: GgmlType,
     /// Row-major shape.
     pub shape: Vec<u64>,
-    /// The bytes.
+    /// The bytes (empty when parsed from a head that ends before them).
     pub data: &'a [u8],
+    /// How many bytes the file holds for it.
+    pub stored_size: u64,
     /// Absolute file offset of the bytes.
     pub offset: u64,
 }
@@ -91,8 +97,48 @@ impl<'a> StFile<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self, StError> {
         let (header_len, meta) =
             SafeTensors::read_metadata(bytes).map_err(|e| StError::Invalid(describe(&e)))?;
-        let st = SafeTensors::deserialize(bytes).map_err(|e| StError::Invalid(describe(&e)))?;
-        let data_start = 8 + header_len as u64;
+        Self::from_metadata(bytes, header_len, &meta)
+    }
+
+    /// Parses a file of `file_len` bytes from its first bytes, `head`, which must hold the
+    /// header; the layout is checked against `file_len` as [`StFile::parse`] checks it against the
+    /// whole file, and tensors that lie beyond `head` get empty `data`.
+    pub fn parse_head(head: &'a [u8], file_len: u64) -> Result<Self, StError> {
+        use safetensors::SafeTensorError as E;
+        if head.len() as u64 == file_len {
+            return Self::parse(head);
+        }
+        let invalid = |e: E| StError::Invalid(describe(&e));
+        let len: [u8; 8] = head
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(invalid(E::HeaderTooSmall))?;
+        let n = u64::from_le_bytes(len);
+        if n > MAX_HEADER {
+            return Err(invalid(E::HeaderTooLarge));
+        }
+        let json = usize::try_from(8 + n)
+            .ok()
+            .and_then(|end| head.get(8..end))
+            .ok_or(invalid(E::InvalidHeaderLength))?;
+        let meta: Metadata = serde_json::from_slice(json)
+            .map_err(|e| invalid(E::InvalidHeaderDeserialization(e)))?;
+        // Tensors are validated to follow one another from offset 0.
+        let data_len = meta
+            .tensors()
+            .values()
+            .map(|t| t.data_offsets.1 as u64)
+            .max()
+            .unwrap_or(0);
+        if 8 + n + data_len != file_len {
+            return Err(invalid(E::MetadataIncompleteBuffer));
+        }
+        Self::from_metadata(head, n as usize, &meta)
+    }
+
+    /// The tensors `meta` describes, with the bytes of those inside `bytes`.
+    fn from_metadata(bytes: &'a [u8], header_len: usize, meta: &Metadata) -> Result<Self, StError> {
+        let data_start = 8 + header_len;
         let mut metadata: Vec<(String, String)> = meta
             .metadata()
             .as_ref()
@@ -101,19 +147,23 @@ impl<'a> StFile<'a> {
         metadata.sort();
         let mut tensors = Vec::new();
         for (name, info) in meta.tensors() {
-            let view = st
-                .tensor(&name)
-                .map_err(|e| StError::Invalid(describe(&e)))?;
             let dtype = ggml_type(info.dtype).ok_or_else(|| StError::UnsupportedDtype {
                 name: name.clone(),
                 dtype: alloc::format!("{:?}", info.dtype),
             })?;
+            let (start, end) = info.data_offsets;
+            let data = data_start
+                .checked_add(start)
+                .zip(data_start.checked_add(end))
+                .and_then(|(s, e)| bytes.get(s..e))
+                .unwrap_or(&[]);
             tensors.push(StTensor {
                 name,
                 dtype,
                 shape: info.shape.iter().map(|&d| d as u64).collect(),
-                data: view.data(),
-                offset: data_start + info.data_offsets.0 as u64,
+                data,
+                stored_size: (end - start) as u64,
+                offset: data_start as u64 + start as u64,
             });
         }
         tensors.sort_by_key(|t| t.offset);

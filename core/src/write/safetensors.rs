@@ -1,7 +1,7 @@
 //! SafeTensors writer. The header is built and validated by the `safetensors` crate's own
 //! `Metadata`; the data is streamed tensor by tensor.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use safetensors::tensor::{Metadata as StMetadata, TensorInfo};
@@ -48,10 +48,23 @@ impl<W: Write> SafetensorsWriter<W> {
             sizes.push((t.name.clone(), size));
             offset = end;
         }
-        let header = StMetadata::new(Some(metadata), infos)
-            .map_err(|e| Error::Invalid(format!("SafeTensors header: {e}")))?;
-        let mut json = serde_json::to_vec(&header)
-            .map_err(|e| Error::Invalid(format!("SafeTensors header: {e}")))?;
+        let bad = |e: &dyn core::fmt::Display| Error::Invalid(format!("SafeTensors header: {e}"));
+        // The crate checks the layout; the header is written here, with `__metadata__` in key
+        // order, so that the same input always gives the same bytes (the crate's map has none).
+        let mut header = serde_json::Map::new();
+        let sorted: BTreeMap<&String, &String> = metadata.iter().collect();
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(sorted).map_err(|e| bad(&e))?,
+        );
+        for (name, info) in &infos {
+            header.insert(
+                name.clone(),
+                serde_json::to_value(info).map_err(|e| bad(&e))?,
+            );
+        }
+        StMetadata::new(Some(metadata), infos).map_err(|e| bad(&e))?;
+        let mut json = serde_json::to_vec(&header).map_err(|e| bad(&e))?;
         // The data starts 8-byte aligned, padded with spaces as the crate does.
         let padded = json.len().div_ceil(8) * 8;
         json.resize(padded, b' ');

@@ -64,14 +64,14 @@ pub fn convert(
             &mut *sink,
             &mut |_| {},
             &|| false,
-            &mut |_| {},
+            &mut convert::in_place,
         )
         .unwrap();
         sink.finish().unwrap();
     }
     let out = buf.into_inner();
     let back = ModelFile::parse(&out).unwrap();
-    let report = verify(&model, &back, &mut |_| {}, &mut |_, _| {}).unwrap();
+    let report = verify(&model, &back, &mut |_| {}, &mut apr_core::verify::in_place).unwrap();
     let failed: Vec<_> = report.tensors.iter().filter(|t| !t.pass).collect();
     assert!(
         report.pass,

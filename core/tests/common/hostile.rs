@@ -33,7 +33,15 @@ pub fn valid_apr(lz4: bool) -> Vec<u8> {
         Compression::None
     };
     let mut w = AprWriter::new(&mut buf, &json, &outs, c, 3, true).unwrap();
-    convert::write_all(&model, &plan, &mut w, &mut |_| {}, &|| false, &mut |_| {}).unwrap();
+    convert::write_all(
+        &model,
+        &plan,
+        &mut w,
+        &mut |_| {},
+        &|| false,
+        &mut convert::in_place,
+    )
+    .unwrap();
     Box::new(w).finish().unwrap();
     buf.into_inner()
 }

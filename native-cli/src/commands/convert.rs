@@ -264,7 +264,11 @@ fn write(
         sink,
         &mut |n| bar.inc(n),
         &|| CANCELLED.load(Ordering::Relaxed),
-        &mut |t| input.release(t.data),
+        &mut |t, work| {
+            let done = work(t);
+            input.release(t.data);
+            done
+        },
     )?;
     Ok(())
 }
@@ -476,9 +480,11 @@ fn verify_output(
         model,
         &combined,
         &mut |n| bar.inc(n),
-        &mut |s, o| {
+        &mut |s, o, work| {
+            let done = work(s, o);
             input.release(s.data);
             release(o.data);
+            done
         },
     )?)
 }
