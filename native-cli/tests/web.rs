@@ -8,10 +8,13 @@
 mod common;
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use apr_core::dtype::GgmlType;
+use apr_core::format::apr::Footer;
+use apr_core::format::model::ModelFile;
 use common::{Apr, apr_in, noise, real_model};
 use serde_json::{Value, json};
 
@@ -214,6 +217,21 @@ fn issue_7_the_page_answers_prompt_a_like_llama_cpp_on_the_real_model() {
     let decode_tokens: Option<u64> = std::env::var("APR_WEB_BENCH_TOKENS")
         .ok()
         .and_then(|v| v.parse().ok());
+    // The largest tensor, from the file's head: the bound on the page converter's memory.
+    let model = real_model();
+    let file_bytes = fs::metadata(&model).unwrap().len();
+    let footer = Footer {
+        stored: 0,
+        computed: 0,
+    };
+    let head = ModelFile::read_head(file_bytes, footer, 1 << 20, &mut |n| {
+        let mut head = Vec::new();
+        fs::File::open(&model)?.take(n).read_to_end(&mut head)?;
+        Ok(head)
+    })
+    .unwrap();
+    let parsed = ModelFile::parse_head(&head, file_bytes, footer).unwrap();
+    let largest_tensor = parsed.tensors.iter().map(|t| t.stored_size).max().unwrap();
     run_browser(
         apr.dir(),
         &json!({
@@ -221,7 +239,9 @@ fn issue_7_the_page_answers_prompt_a_like_llama_cpp_on_the_real_model() {
             "chromium": chromium,
             "screenshots": std::env::var_os("APR_WEB_SCREENSHOTS").map(PathBuf::from),
             "real": {
-                "model": real_model(),
+                "model": model,
+                "file_bytes": file_bytes,
+                "largest_tensor": largest_tensor,
                 "prompt": prompt,
                 "max_tokens": safe.len(),
                 "safe_prefix": safe,

@@ -250,6 +250,28 @@ async function tiny(browser, url, t, relaxed) {
 
 async function real(browser, url, r) {
   const { context, page, consoleErrors } = await open(browser, url);
+  // Converting the real GGUF to APR in a fresh worker reads it a tensor at a time: the worker's
+  // memory stays near the largest tensor, far below the file.
+  await page.getByRole("tab", { name: "Convert" }).click();
+  await page.evaluate(async (path) => {
+    const blob = await (await fetch(path)).blob();
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], path.split("/").pop()));
+    const el = document.querySelector('[data-testid="convert-drop"]');
+    for (const type of ["dragenter", "dragover", "drop"]) {
+      el.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }
+  }, DEFAULT_MODEL_PATH);
+  await page.getByTestId("convert").click();
+  const converted = await waitEvent(page, (e) => e.type === "converted" || e.type === "failed", LONG);
+  check(converted.type === "converted", "the real GGUF converts to APR in the page", JSON.stringify(converted).slice(0, 300));
+  const MB = (n) => `${(n / 1e6).toFixed(0)} MB`;
+  const bound = 1.5 * r.largest_tensor + 64e6;
+  check(converted.memory <= bound,
+    `converting the ${MB(r.file_bytes)} GGUF needs at most 1.5x its largest tensor (${MB(r.largest_tensor)}) plus 64 MB of worker memory`,
+    `worker memory ${MB(converted.memory)}, bound ${MB(bound)}; output ${converted.name}, ${MB(converted.bytes)} in ${converted.seconds.toFixed(1)} s`);
+  await page.getByRole("tab", { name: "Chat" }).click();
+
   const opened = Date.now();
   await page.getByTestId("load-default").click();
   const loaded = await waitEvent(page, (e) => e.type === "loaded" || e.type === "failed", LONG);

@@ -266,6 +266,9 @@ pub enum Event {
         tensors: usize,
         /// The verification's verdict, when asked for.
         verify: Option<VerifySummary>,
+        /// The worker's WebAssembly memory afterwards: what the conversion needed at most on top
+        /// of what the worker held before (the memory never shrinks).
+        memory: u64,
     },
     /// A file's facts and check stages.
     Inspected {

@@ -147,6 +147,9 @@ pub fn ConvertView() -> impl IntoView {
                 view! {
                     <div class="result" data-testid="converted">
                         <p>{format!("{} · {} · {} tensors in {:.1} s{verdict}", c.name, human_bytes(c.bytes), c.tensors, c.seconds)}</p>
+                        <p class="muted" data-testid="converted-memory">
+                            {format!("Worker memory afterwards: {} (the input is read a tensor at a time).", human_bytes(c.memory))}
+                        </p>
                         <a class="button primary" href=c.url.clone() download=c.name.clone() data-testid="download">
                             {format!("Download {}", c.name)}
                         </a>

@@ -70,6 +70,8 @@ pub struct Converted {
     pub tensors: usize,
     /// Verification, when asked.
     pub verify: Option<VerifySummary>,
+    /// The worker's memory afterwards.
+    pub memory: u64,
     /// An object URL of the output, for the download link.
     pub url: String,
 }
@@ -266,6 +268,7 @@ impl Ui {
                 seconds,
                 tensors,
                 verify,
+                memory,
                 ..
             } => {
                 self.converting.set(false);
@@ -285,6 +288,7 @@ impl Ui {
                                 seconds,
                                 tensors,
                                 verify,
+                                memory,
                                 url,
                             });
                         });

@@ -10,7 +10,6 @@ use apr_core::convert::{self, FileOutput, Options, Quantize};
 use apr_core::dtype::GgmlType;
 use apr_core::format::Format;
 use apr_core::format::apr::Compression;
-use apr_core::format::model::ModelFile;
 use apr_core::info::ModelInfo;
 use apr_core::verify::verify;
 use wasm_bindgen::JsCast;
@@ -88,8 +87,10 @@ async fn convert_inner(
     file: &Blob,
 ) -> Result<(), String> {
     let (opts, compression, zstd_level) = options(choice)?;
-    let input = wio::read_blob(file, name, Task::Convert, None)?;
-    let model = ModelFile::parse(&input).map_err(|e| format!("{name}: {e}"))?;
+    // The input is read a tensor at a time: the head, then each tensor while it is converted.
+    let input = wio::BlobFile::open(file, name)?;
+    let head = input.head()?;
+    let model = input.parse(&head)?;
     let plan = convert::plan(&model, &opts).map_err(|e| e.to_string())?;
     let out_name = output_name(name, choice.target);
     let total: u64 = model
@@ -127,22 +128,35 @@ async fn convert_inner(
         &output,
         &mut progress,
         &|| false,
-        &mut |_| {},
+        &mut |t, work| input.around(t, work),
     )
     .map_err(|e| format!("converting {name}: {e}"))?;
     let seconds = (now_ms() - started) / 1000.0;
     let result = sink.finish(&out_name).await?;
     let verify_summary = if choice.verify {
-        let back = wio::read_blob(&result, &out_name, Task::Verify, None)?;
-        let written = ModelFile::parse(&back).map_err(|e| format!("re-reading {out_name}: {e}"))?;
+        let output = wio::BlobFile::open(&result, &out_name)?;
+        let back = output.head()?;
+        let written = output.parse(&back)?;
+        let total: u64 = written
+            .tensors
+            .iter()
+            .fold(0u64, |a, t| a.saturating_add(t.raw_size()));
         let mut checked = 0u64;
         let report = verify(
             &model,
             &written,
             &mut |n| {
                 checked += n;
+                post(
+                    &Event::Progress {
+                        task: Task::Verify,
+                        done: checked,
+                        total,
+                    },
+                    None,
+                );
             },
-            &mut |_, _| {},
+            &mut |s, o, work| input.around(s, &mut |s| output.around(o, &mut |o| work(s, o))),
         )
         .map_err(|e| e.to_string())?;
         Some(VerifySummary {
@@ -170,10 +184,20 @@ async fn convert_inner(
             seconds,
             tensors: plan.len(),
             verify: verify_summary,
+            memory: wasm_memory(),
         },
         Some(&result),
     );
     Ok(())
+}
+
+/// The size of this worker's WebAssembly memory.
+fn wasm_memory() -> u64 {
+    wasm_bindgen::memory()
+        .dyn_into::<js_sys::WebAssembly::Memory>()
+        .ok()
+        .and_then(|m| m.buffer().dyn_into::<js_sys::ArrayBuffer>().ok())
+        .map_or(0, |b| u64::from(b.byte_length()))
 }
 
 /// Where a conversion goes: a file in the origin private file system, or memory.
