@@ -636,9 +636,31 @@ pub(crate) fn q4_k_fold(
     grouped: bool,
     ints: impl Fn(&BlockQ4K, &BlockQ8K) -> ([i32; 8], [i32; 8]),
 ) -> f32 {
-    let (mut acc, mut acc_min) = (0f32, 0f32);
+    let mut fold = Q4KFold::default();
     for (b, a) in x.iter().zip(y) {
-        let (levels, corrections) = ints(b, a);
+        fold.add(b, a, grouped, ints(b, a));
+    }
+    fold.total()
+}
+
+/// [`q4_k_fold`]'s two accumulators, block by block: kernels that take several activation rows
+/// per weight block keep one per row.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Q4KFold {
+    acc: f32,
+    acc_min: f32,
+}
+
+impl Q4KFold {
+    /// Block `b` times `a`, from their integer parts (scaled level sums, min corrections).
+    #[inline(always)]
+    pub(crate) fn add(
+        &mut self,
+        b: &BlockQ4K,
+        a: &BlockQ8K,
+        grouped: bool,
+        (levels, corrections): ([i32; 8], [i32; 8]),
+    ) {
         let d = f16_to_f32(b.d) * a.d;
         let dmin = f16_to_f32(b.dmin) * a.d;
         let step = if grouped { 2 } else { 8 };
@@ -646,11 +668,16 @@ pub(crate) fn q4_k_fold(
             .chunks_exact(step)
             .zip(corrections.chunks_exact(step))
         {
-            acc = crate::quant::fmaf(l.iter().sum::<i32>() as f32, d, acc);
-            acc_min = crate::quant::fmaf(m.iter().sum::<i32>() as f32, dmin, acc_min);
+            self.acc = crate::quant::fmaf(l.iter().sum::<i32>() as f32, d, self.acc);
+            self.acc_min = crate::quant::fmaf(m.iter().sum::<i32>() as f32, dmin, self.acc_min);
         }
     }
-    acc - acc_min
+
+    /// The row's product.
+    #[inline(always)]
+    pub(crate) fn total(self) -> f32 {
+        self.acc - self.acc_min
+    }
 }
 
 /// The exact integer side of `ggml_vec_dot_q5_K_q8_K_generic` for one block: eight lane sums,
@@ -748,22 +775,56 @@ pub(crate) fn q6_k_fold(
     tiled: bool,
     lanes: impl Fn(&BlockQ6K, &BlockQ8K) -> [i32; 8],
 ) -> f32 {
-    if tiled {
-        let mut acc = 0f32;
-        for (a, b) in x.iter().zip(y) {
-            let result = lanes(a, b).iter().sum::<i32>() as f32 * f16_to_f32(a.d);
-            acc = crate::quant::fmaf(result, b.d, acc);
+    let mut fold = Q6KFold::new(tiled);
+    for (a, b) in x.iter().zip(y) {
+        fold.add(a, b, &lanes(a, b));
+    }
+    fold.total()
+}
+
+/// [`q6_k_fold`]'s accumulators, block by block: kernels that take several activation rows per
+/// weight block keep one per row.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Q6KFold {
+    Tiled(f32),
+    Lanes([f32; 8]),
+}
+
+impl Q6KFold {
+    /// Nothing summed yet, in the tiled kernel's order or the vector kernel's.
+    #[inline(always)]
+    pub(crate) fn new(tiled: bool) -> Self {
+        if tiled {
+            Self::Tiled(0.0)
+        } else {
+            Self::Lanes([0.0; 8])
         }
-        acc
-    } else {
-        let mut acc = [0f32; 8];
-        for (a, b) in x.iter().zip(y) {
-            let d = b.d * f16_to_f32(a.d);
-            for (lane, &v) in acc.iter_mut().zip(&lanes(a, b)) {
-                *lane = crate::quant::fmaf(d, v as f32, *lane);
+    }
+
+    /// Block `a` times `b`, from their integer lane sums.
+    #[inline(always)]
+    pub(crate) fn add(&mut self, a: &BlockQ6K, b: &BlockQ8K, lanes: &[i32; 8]) {
+        match self {
+            Self::Tiled(acc) => {
+                let result = lanes.iter().sum::<i32>() as f32 * f16_to_f32(a.d);
+                *acc = crate::quant::fmaf(result, b.d, *acc);
+            }
+            Self::Lanes(acc) => {
+                let d = b.d * f16_to_f32(a.d);
+                for (lane, &v) in acc.iter_mut().zip(lanes) {
+                    *lane = crate::quant::fmaf(d, v as f32, *lane);
+                }
             }
         }
-        hsum8(&acc)
+    }
+
+    /// The row's product.
+    #[inline(always)]
+    pub(crate) fn total(self) -> f32 {
+        match self {
+            Self::Tiled(acc) => acc,
+            Self::Lanes(acc) => hsum8(&acc),
+        }
     }
 }
 

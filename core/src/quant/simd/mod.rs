@@ -21,6 +21,11 @@ use alloc::vec::Vec;
 ))]
 use super::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
 use super::dot::ActRow;
+#[cfg(any(
+    target_arch = "aarch64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+use super::dot::Q8Sums;
 use super::{QuantError, vec};
 use crate::dtype::GgmlType;
 
@@ -53,9 +58,9 @@ const Q5_SPREAD: [u64; 256] = {
     all(target_arch = "wasm32", target_feature = "simd128")
 ))]
 trait RowKernels {
-    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32;
-    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32;
-    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32;
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32;
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32;
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32;
     fn f32(w: &[f32], x: &[f32]) -> f32;
     /// Q4_K in llama.cpp's `gemm` groups or whole (`dot::q4_k_fold`).
     fn q4_k(w: &[super::blocks::BlockQ4K], y: &[super::dot::BlockQ8K], grouped: bool) -> f32 {
@@ -94,13 +99,13 @@ fn rows<K: RowKernels>(
     fn each<B: bytemuck::Pod>(
         ty: GgmlType,
         bytes: &[u8],
-        y: &[BlockQ8_0],
+        (y, sums): (&[BlockQ8_0], Q8Sums<'_>),
         out: &mut [f32],
-        dot: fn(&[B], &[BlockQ8_0]) -> f32,
+        dot: fn(&[B], &[BlockQ8_0], Q8Sums<'_>) -> f32,
     ) -> Result<(), QuantError> {
         let w: &[B] = super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK)?;
         for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
-            *o = dot(row, y);
+            *o = dot(row, y, sums);
         }
         Ok(())
     }
@@ -108,9 +113,15 @@ fn rows<K: RowKernels>(
         return Ok(None);
     }
     match (ty, x) {
-        (GgmlType::Q8_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q8_0)?,
-        (GgmlType::Q5_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q5_0)?,
-        (GgmlType::Q4_0, ActRow::Q8_0(y, _)) if !y.is_empty() => each(ty, bytes, y, out, K::q4_0)?,
+        (GgmlType::Q8_0, ActRow::Q8_0(y, s)) if !y.is_empty() => {
+            each(ty, bytes, (y, s), out, K::q8_0)?;
+        }
+        (GgmlType::Q5_0, ActRow::Q8_0(y, s)) if !y.is_empty() => {
+            each(ty, bytes, (y, s), out, K::q5_0)?;
+        }
+        (GgmlType::Q4_0, ActRow::Q8_0(y, s)) if !y.is_empty() => {
+            each(ty, bytes, (y, s), out, K::q4_0)?;
+        }
         (GgmlType::Q4_1, ActRow::Q8_1(y, s)) if !y.is_empty() && s.len() == y.len() => {
             let w: &[super::blocks::BlockQ4_1] =
                 super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK)?;
@@ -337,7 +348,7 @@ impl Isa {
             #[cfg(target_arch = "aarch64")]
             Level::Neon => None,
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Level::Simd128 => None,
+            Level::Simd128 => wasm::dot_block(ty, rows, xs, out)?,
         };
         if fast.is_some() || xs.is_empty() {
             return Ok(());
@@ -482,7 +493,7 @@ impl Isa {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::dot::{ActKind, Activations, dot};
+    use crate::quant::dot::{ActKind, Activations, Q8Sums, dot};
     use crate::quant::quantize;
 
     /// Seeded values with Qwen-like outliers, so scales and signs vary block to block.
@@ -882,6 +893,46 @@ mod tests {
 
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn q8_0_activations_without_their_sums_give_the_same_products() {
+        // `Q8Sums` is an optimisation: a row encoded without it must give the same bits.
+        let cols = 128;
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_0] {
+            let len = ty.bytes_for(cols as u64).expect("size") as usize;
+            let mut bytes = alloc::vec![0u8; 2 * len];
+            quantize(ty, &values(7, 2 * cols), &mut bytes).expect("quantize");
+            let rows = 5;
+            let mut acts = Activations::default();
+            acts.encode(ActKind::Q8_0, &values(8, rows * cols), rows, cols)
+                .expect("encode");
+            let bare: Vec<_> = (0..rows)
+                .map(|r| match acts.row(r).expect("row") {
+                    ActRow::Q8_0(y, _) => ActRow::Q8_0(y, Q8Sums::default()),
+                    _ => unreachable!("Q8_0 rows"),
+                })
+                .collect();
+            let mut want = alloc::vec![0f32; 2 * rows];
+            for (i, w) in bytes.chunks_exact(len).enumerate() {
+                for (r, &a) in bare.iter().enumerate() {
+                    want[r * 2 + i] = dot(ty, w, a, &mut []).expect("reference");
+                }
+            }
+            for isa in Isa::available() {
+                let mut got = alloc::vec![0f32; 2 * rows];
+                isa.dot_block(ty, &bytes, &bare, &mut [], &mut got)
+                    .expect("block");
+                assert_eq!(got, want, "{ty} dot_block on {}", isa.name());
+                for (r, &a) in bare.iter().enumerate() {
+                    let mut pair = [0f32; 2];
+                    isa.dot_rows(ty, &bytes, a, &mut [], &mut pair)
+                        .expect("rows");
+                    assert_eq!(pair[..], want[r * 2..r * 2 + 2], "{ty} on {}", isa.name());
+                }
+            }
+        }
+    }
+
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn hostile_q8_0_weights_at_minus_128_are_exact() {
         // Files can hold -128, which the quantizer never writes; the sign trick must cope.
         let cols = 64;
@@ -900,6 +951,22 @@ mod tests {
         for isa in Isa::available() {
             let got = isa.dot(GgmlType::Q8_0, &bytes, a, &mut []).expect("kernel");
             assert_eq!(got.to_bits(), want.to_bits(), "{}", isa.name());
+        }
+        // And as a prompt's product, where the weights are unpacked once for several rows.
+        let rows = 6;
+        let xs: Vec<f32> = (0..rows).flat_map(|_| x.iter().copied()).collect();
+        let mut acts = Activations::default();
+        acts.encode(ActKind::Q8_0, &xs, rows, cols).expect("encode");
+        let xs: Vec<_> = (0..rows).map(|r| acts.row(r).expect("row")).collect();
+        for isa in Isa::available() {
+            let mut got = alloc::vec![0f32; rows];
+            isa.dot_block(GgmlType::Q8_0, &bytes, &xs, &mut [], &mut got)
+                .expect("block");
+            assert!(
+                got.iter().all(|g| g.to_bits() == want.to_bits()),
+                "{}",
+                isa.name()
+            );
         }
     }
 

@@ -9,7 +9,7 @@
 use core::arch::aarch64::*;
 
 use super::super::blocks::*;
-use super::super::dot::{BlockQ8K, hsum8, k4_scales_mins};
+use super::super::dot::{BlockQ8K, Q8Sums, hsum8, k4_scales_mins};
 
 #[inline(always)]
 fn load16(bytes: &[i8]) -> int8x16_t {
@@ -304,13 +304,13 @@ fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
 pub(super) struct Kernels;
 
 impl super::RowKernels for Kernels {
-    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], _: Q8Sums<'_>) -> f32 {
         legacy(w, y)
     }
-    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], _: Q8Sums<'_>) -> f32 {
         legacy(w, y)
     }
-    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], _: Q8Sums<'_>) -> f32 {
         legacy(w, y)
     }
     fn f32(w: &[f32], x: &[f32]) -> f32 {

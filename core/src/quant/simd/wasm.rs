@@ -8,14 +8,23 @@
 //! a second worker with `-C target-feature=+relaxed-simd`, where the fused step is relaxed SIMD's
 //! `madd` (see [`fma_lanes`]); the page picks it where the browser has relaxed SIMD.
 //!
+//! With relaxed SIMD the integer sums take its i8 × i7 dot product ([`quads_u7`]), so weights go
+//! in as unsigned levels below 128: Q5_0's and Q4_0's before their offset (removed with the
+//! activation's precomputed lane sums), Q8_0's split into low seven bits and sign bit, the
+//! K-quants' as they are. A prompt's product ([`dot_block`]) unpacks each weight block once for
+//! four activation rows.
+//!
 //! The K-quants compute their exact integer parts here and share the reference's float side.
 //! Types and operations without a kernel here (f16, bf16, attention, SiLU) run the reference.
 
 use core::arch::wasm32::*;
 
 use super::super::blocks::*;
-use super::super::dot::{BlockQ8K, hsum8, k4_scales_mins};
-use super::super::{QK, f16_to_f32};
+use super::super::dot::{
+    ActRow, BatchRow, BlockQ8K, Q4KFold, Q6KFold, Q8Sums, hsum8, k4_scales_mins,
+};
+use super::super::{QK, QuantError, f16_to_f32};
+use crate::dtype::GgmlType;
 
 #[inline(always)]
 fn load16(bytes: &[u8]) -> v128 {
@@ -25,6 +34,7 @@ fn load16(bytes: &[u8]) -> v128 {
 }
 
 /// Four lane sums of 16 signed bytes: lane `l` is the sum of the products of bytes `4l..4l + 4`.
+#[cfg(not(target_feature = "relaxed-simd"))]
 #[inline(always)]
 fn quads(x: v128, y: v128) -> v128 {
     let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(x), i16x8_extend_low_i8x16(y));
@@ -84,21 +94,11 @@ fn fma_lanes(acc: v128, s: v128, d: f32) -> v128 {
     i32x4_shuffle::<0, 1, 4, 5>(lo, hi)
 }
 
-/// A block's 32 signed values as two vectors, and its scale.
-trait Unpack {
-    fn scale(&self) -> [u8; 2];
-    fn values(&self) -> [v128; 2];
-}
-
-impl Unpack for BlockQ8_0 {
-    fn scale(&self) -> [u8; 2] {
-        self.d
-    }
-    #[inline(always)]
-    fn values(&self) -> [v128; 2] {
-        let q: &[u8; QK] = bytemuck::cast_ref(&self.qs);
-        [load16(&q[..16]), load16(&q[16..])]
-    }
+/// An activation block's 32 values as two vectors.
+#[inline(always)]
+fn act_values(a: &BlockQ8_0) -> [v128; 2] {
+    let q: &[u8; QK] = bytemuck::cast_ref(&a.qs);
+    [load16(&q[..16]), load16(&q[16..])]
 }
 
 /// Low nibbles (values 0..16) and high nibbles (16..32) of 16 bytes.
@@ -108,45 +108,326 @@ fn nibbles(qs: &[u8; 16]) -> [v128; 2] {
     [v128_and(q, u8x16_splat(0x0f)), u8x16_shr(q, 4)]
 }
 
-impl Unpack for BlockQ4_0 {
-    fn scale(&self) -> [u8; 2] {
-        self.d
-    }
-    #[inline(always)]
-    fn values(&self) -> [v128; 2] {
-        let [lo, hi] = nibbles(&self.qs);
-        [i8x16_sub(lo, i8x16_splat(8)), i8x16_sub(hi, i8x16_splat(8))]
-    }
-}
-
-impl Unpack for BlockQ5_0 {
-    fn scale(&self) -> [u8; 2] {
-        self.d
-    }
-    #[inline(always)]
-    fn values(&self) -> [v128; 2] {
-        let [lo, hi] = nibbles(&self.qs);
-        let [bits_lo, bits_hi] = fifth_bits(self.qh);
-        let sixteen = i8x16_splat(16);
-        [
-            i8x16_sub(v128_or(lo, bits_lo), sixteen),
-            i8x16_sub(v128_or(hi, bits_hi), sixteen),
-        ]
-    }
-}
-
-/// `dot::blocks` for one weight row.
+/// `quads(levels, y) + add` for levels in `0..128`. Relaxed SIMD's dot product takes one
+/// operand as 7-bit (`pmaddubsw` on x86, `smull` and pairwise adds on arm64) and is exact and
+/// deterministic when its lanes are in `0..128`, as levels are: two products of a level and an
+/// i8 fit i16. Without relaxed SIMD, the widening [`quads`].
+///
+/// The pairs are widened to quads by a dot product with ones (`pmaddwd`, what engines make of
+/// an extending pairwise add too), not by `i32x4.relaxed_dot_i8x16_i7x16_add_s`, which Node
+/// 20's V8 (where CI runs these tests) gets wrong: it returns twice the product's sum. LLVM
+/// fuses an extending pairwise add followed by an add into that instruction, so this spells
+/// the widening another way.
 #[inline(always)]
-fn legacy<B: Unpack>(w: &[B], y: &[BlockQ8_0]) -> f32 {
-    let mut acc = [f32x4_splat(0.0); 2];
-    for (b, a) in w.iter().zip(y) {
-        let d = f16_to_f32(b.scale()) * f16_to_f32(a.d);
-        let x = b.values();
-        let ys = a.values();
-        acc[0] = fma_lanes(acc[0], quads(x[0], ys[0]), d);
-        acc[1] = fma_lanes(acc[1], quads(x[1], ys[1]), d);
+fn quads_u7(levels: v128, y: v128, add: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        let pairs = i16x8_relaxed_dot_i8x16_i7x16(y, levels);
+        i32x4_add(i32x4_dot_i16x8(pairs, i16x8_splat(1)), add)
     }
-    hsum_lanes(acc)
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        i32x4_add(quads(levels, y), add)
+    }
+}
+
+/// `f16_to_f32` without the general conversion's branches: the magnitude's bits moved into an
+/// f32 and scaled by 2^112 is exact for normal and subnormal halves alike. Infinities and NaNs
+/// (scales no quantizer writes) take the general path.
+#[inline(always)]
+fn f16_scale(bits: [u8; 2]) -> f32 {
+    let h = u16::from_le_bytes(bits);
+    let magnitude = u32::from(h & 0x7fff);
+    if magnitude >= 0x7c00 {
+        return f16_to_f32(bits);
+    }
+    let v = f32::from_bits(magnitude << 13) * f32::from_bits(0x7780_0000);
+    f32::from_bits(v.to_bits() | (u32::from(h & 0x8000) << 16))
+}
+
+/// One activation row of Q8_0 blocks, with the [`Q8Sums`] the encoder made when it has them.
+#[derive(Clone, Copy)]
+struct ActBlocks<'a> {
+    y: &'a [BlockQ8_0],
+    sums: Option<Q8Sums<'a>>,
+}
+
+impl<'a> ActBlocks<'a> {
+    fn new(y: &'a [BlockQ8_0], sums: Q8Sums<'a>) -> Self {
+        let whole = sums.d.len() == y.len() && sums.minus128.len() == y.len();
+        Self {
+            y,
+            sums: whole.then_some(sums),
+        }
+    }
+
+    /// Block `k`: its scale, its values, and its lane corrections `-128 * quad sum` (what
+    /// weights given as levels with an offset need; zero where the kernels take signed values).
+    #[inline(always)]
+    fn block(&self, k: usize) -> (f32, [v128; 2], [v128; 2]) {
+        let a = &self.y[k];
+        let values = act_values(a);
+        match self.sums {
+            Some(s) => (s.d[k], values, corrections(&s.minus128[k])),
+            None => (f16_to_f32(a.d), values, corrections_of(values)),
+        }
+    }
+}
+
+/// The stored lane corrections as two vectors.
+#[inline(always)]
+fn corrections(minus128: &[i32; 8]) -> [v128; 2] {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        let m: &[u8; 32] = bytemuck::cast_ref(minus128);
+        [load16(&m[..16]), load16(&m[16..])]
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        let _ = minus128;
+        [i32x4_splat(0); 2]
+    }
+}
+
+/// The lane corrections computed from the values, for rows encoded without them.
+#[inline(always)]
+fn corrections_of(values: [v128; 2]) -> [v128; 2] {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        values.map(|y| {
+            i32x4_mul(
+                quads_u7(i8x16_splat(1), y, i32x4_splat(0)),
+                i32x4_splat(-128),
+            )
+        })
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        let _ = values;
+        [i32x4_splat(0); 2]
+    }
+}
+
+/// A 32-value weight block (Q8_0, Q5_0, Q4_0): what it unpacks to once, however many activation
+/// rows then meet it, and its exact lane sums `quads(values, y)` against one of them.
+trait Legacy: bytemuck::Pod {
+    type Unpacked: Copy;
+    fn scale(&self) -> [u8; 2];
+    fn unpack(&self) -> Self::Unpacked;
+    /// `minus128`: the activation block's lane corrections, as [`ActBlocks::block`] gives them.
+    fn lanes(w: &Self::Unpacked, y: [v128; 2], minus128: [v128; 2]) -> [v128; 2];
+}
+
+impl Legacy for BlockQ8_0 {
+    /// With relaxed SIMD, the low seven bits (`0..128`) and the sign bits (0 or 1) of each
+    /// value, `q = low - 128 * sign`; without it, the values.
+    #[cfg(target_feature = "relaxed-simd")]
+    type Unpacked = [[v128; 2]; 2];
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    type Unpacked = [v128; 2];
+    fn scale(&self) -> [u8; 2] {
+        self.d
+    }
+    #[inline(always)]
+    fn unpack(&self) -> Self::Unpacked {
+        let q = act_values(self);
+        #[cfg(target_feature = "relaxed-simd")]
+        {
+            [
+                q.map(|v| v128_and(v, u8x16_splat(0x7f))),
+                q.map(|v| u8x16_shr(v, 7)),
+            ]
+        }
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        {
+            q
+        }
+    }
+    #[inline(always)]
+    fn lanes(w: &Self::Unpacked, y: [v128; 2], _: [v128; 2]) -> [v128; 2] {
+        #[cfg(target_feature = "relaxed-simd")]
+        {
+            let zero = i32x4_splat(0);
+            let [low, sign] = w;
+            core::array::from_fn(|h| {
+                i32x4_sub(
+                    quads_u7(low[h], y[h], zero),
+                    i32x4_shl(quads_u7(sign[h], y[h], zero), 7),
+                )
+            })
+        }
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        {
+            [quads(w[0], y[0]), quads(w[1], y[1])]
+        }
+    }
+}
+
+/// Q5_0's and Q4_0's levels (`0..32` and `0..16`) and offsets (16 and 8, as shifts of the
+/// `-128 * quad sum` corrections: 3 and 4).
+macro_rules! offset_levels {
+    ($block:ty, $shift:literal, $offset:literal, |$b:ident| $levels:expr) => {
+        impl Legacy for $block {
+            type Unpacked = [v128; 2];
+            fn scale(&self) -> [u8; 2] {
+                self.d
+            }
+            #[inline(always)]
+            fn unpack(&self) -> [v128; 2] {
+                let $b = self;
+                let levels: [v128; 2] = $levels;
+                #[cfg(target_feature = "relaxed-simd")]
+                {
+                    levels
+                }
+                #[cfg(not(target_feature = "relaxed-simd"))]
+                {
+                    levels.map(|v| i8x16_sub(v, i8x16_splat($offset)))
+                }
+            }
+            #[inline(always)]
+            fn lanes(w: &[v128; 2], y: [v128; 2], minus128: [v128; 2]) -> [v128; 2] {
+                #[cfg(target_feature = "relaxed-simd")]
+                {
+                    core::array::from_fn(|h| quads_u7(w[h], y[h], i32x4_shr(minus128[h], $shift)))
+                }
+                #[cfg(not(target_feature = "relaxed-simd"))]
+                {
+                    let _ = minus128;
+                    [quads(w[0], y[0]), quads(w[1], y[1])]
+                }
+            }
+        }
+    };
+}
+
+offset_levels!(BlockQ5_0, 3, 16, |b| {
+    let [lo, hi] = nibbles(&b.qs);
+    let [bits_lo, bits_hi] = fifth_bits(b.qh);
+    [v128_or(lo, bits_lo), v128_or(hi, bits_hi)]
+});
+offset_levels!(BlockQ4_0, 4, 8, |b| nibbles(&b.qs));
+
+/// `dot::blocks` for one weight row against `R` activation rows: the weight block is unpacked
+/// once for all of them.
+#[inline(always)]
+fn legacy<B: Legacy, const R: usize>(w: &[B], acts: &[ActBlocks<'_>; R]) -> [f32; R] {
+    let mut acc = [[f32x4_splat(0.0); 2]; R];
+    for (k, b) in w.iter().enumerate() {
+        let dw = f16_scale(b.scale());
+        let unpacked = b.unpack();
+        for (acc, act) in acc.iter_mut().zip(acts) {
+            let (dy, y, minus128) = act.block(k);
+            let s = B::lanes(&unpacked, y, minus128);
+            let d = dw * dy;
+            acc[0] = fma_lanes(acc[0], s[0], d);
+            acc[1] = fma_lanes(acc[1], s[1], d);
+        }
+    }
+    acc.map(hsum_lanes)
+}
+
+/// `out[r * n + i]` = weight row `i` times activation row `r` (`n = out.len() / acts.len()`),
+/// for the weights in `bytes`: every weight row meets the activation rows four at a time
+/// (`four`), then one at a time (`one`), so each weight block is unpacked once per four rows.
+fn tiles<W: bytemuck::Pod, A: Copy>(
+    ty: GgmlType,
+    bytes: &[u8],
+    (blocks, values_per_block): (usize, usize),
+    acts: &[A],
+    out: &mut [f32],
+    four: impl Fn(&[W], &[A; 4]) -> [f32; 4],
+    one: impl Fn(&[W], &[A; 1]) -> [f32; 1],
+) -> Result<(), QuantError> {
+    let n = out.len() / acts.len();
+    if blocks == 0 || out.len() != n * acts.len() {
+        return Err(QuantError::SizeMismatch {
+            ty,
+            bytes: bytes.len(),
+            elements: out.len(),
+        });
+    }
+    let w: &[W] = super::super::dot::weight_blocks(ty, bytes, blocks * n, values_per_block)?;
+    for (i, row) in w.chunks_exact(blocks).enumerate() {
+        let groups = acts.chunks_exact(4);
+        let rest = groups.remainder();
+        let mut r = 0;
+        for group in groups {
+            let group: &[A; 4] = group.try_into().expect("chunks of four");
+            for got in four(row, group) {
+                out[r * n + i] = got;
+                r += 1;
+            }
+        }
+        for act in rest {
+            out[r * n + i] = one(row, &[*act])[0];
+            r += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The products of a prompt's rows (see [`tiles`]) for the weight types with a tile kernel
+/// here: Q8_0, Q5_0 and Q4_0 against Q8_0 rows, Q4_K and Q6_K against Q8_K rows. `None` for
+/// the others, or for rows not all in the encoding the weights want.
+pub(super) fn dot_block(
+    ty: GgmlType,
+    bytes: &[u8],
+    xs: &[ActRow<'_>],
+    out: &mut [f32],
+) -> Result<Option<()>, QuantError> {
+    fn legacy_tiles<B: Legacy>(
+        ty: GgmlType,
+        bytes: &[u8],
+        acts: &[ActBlocks<'_>],
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        let blocks = (acts[0].y.len(), QK);
+        tiles(ty, bytes, blocks, acts, out, legacy::<B, 4>, legacy::<B, 1>)
+    }
+    fn k_tiles<B: KQuant>(
+        ty: GgmlType,
+        bytes: &[u8],
+        acts: &[(&[BlockQ8K], BatchRow)],
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        let blocks = (acts[0].0.len(), super::super::QK_K);
+        tiles(ty, bytes, blocks, acts, out, k_rows::<B, 4>, k_rows::<B, 1>)
+    }
+    match (ty, xs.first()) {
+        (_, Some(ActRow::Q8_0([], _) | ActRow::Q8K([], _))) => return Ok(None),
+        (GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_0, Some(ActRow::Q8_0(first, _))) => {
+            let mut acts = alloc::vec::Vec::with_capacity(xs.len());
+            for x in xs {
+                match x {
+                    ActRow::Q8_0(y, sums) if y.len() == first.len() => {
+                        acts.push(ActBlocks::new(y, *sums));
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            match ty {
+                GgmlType::Q8_0 => legacy_tiles::<BlockQ8_0>(ty, bytes, &acts, out)?,
+                GgmlType::Q5_0 => legacy_tiles::<BlockQ5_0>(ty, bytes, &acts, out)?,
+                _ => legacy_tiles::<BlockQ4_0>(ty, bytes, &acts, out)?,
+            }
+        }
+        (GgmlType::Q4_K | GgmlType::Q6_K, Some(ActRow::Q8K(first, _))) => {
+            let mut acts = alloc::vec::Vec::with_capacity(xs.len());
+            for x in xs {
+                match x {
+                    ActRow::Q8K(y, at) if y.len() == first.len() => acts.push((*y, *at)),
+                    _ => return Ok(None),
+                }
+            }
+            match ty {
+                GgmlType::Q4_K => k_tiles::<BlockQ4K>(ty, bytes, &acts, out)?,
+                _ => k_tiles::<BlockQ6K>(ty, bytes, &acts, out)?,
+            }
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(()))
 }
 
 /// [`hsum8`] of eight f32 lanes held in two vectors.
@@ -177,9 +458,9 @@ fn offset<B>(
         let (d, m, x) = parts(b);
         summs += f16_to_f32(m) * s;
         let d = f16_to_f32(d) * f16_to_f32(a.d);
-        let ys = a.values();
-        acc[0] = fma_lanes(acc[0], quads(x[0], ys[0]), d);
-        acc[1] = fma_lanes(acc[1], quads(x[1], ys[1]), d);
+        let ys = act_values(a);
+        acc[0] = fma_lanes(acc[0], quads_u7(x[0], ys[0], i32x4_splat(0)), d);
+        acc[1] = fma_lanes(acc[1], quads_u7(x[1], ys[1], i32x4_splat(0)), d);
     }
     hsum_lanes(acc) + summs
 }
@@ -229,42 +510,95 @@ pub(super) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 /// This level's kernels for the shared row loop.
 pub(super) struct Kernels;
 
-/// The sum of four i32 lanes.
+/// The lane sums of four vectors: `(Σa, Σb, Σc, Σd)`.
 #[inline(always)]
-fn hsum4(v: v128) -> i32 {
-    i32x4_extract_lane::<0>(v)
-        + i32x4_extract_lane::<1>(v)
-        + i32x4_extract_lane::<2>(v)
-        + i32x4_extract_lane::<3>(v)
+fn hsums(v: [v128; 4]) -> v128 {
+    let pairs = |a: v128, b: v128| {
+        i32x4_add(
+            i32x4_shuffle::<0, 2, 4, 6>(a, b),
+            i32x4_shuffle::<1, 3, 5, 7>(a, b),
+        )
+    };
+    let (ab, cd) = (pairs(v[0], v[1]), pairs(v[2], v[3]));
+    pairs(ab, cd)
+}
+
+/// Four bytes widened to i32 lanes.
+#[inline(always)]
+fn widen4(b: [u8; 4]) -> v128 {
+    u32x4(
+        u32::from(b[0]),
+        u32::from(b[1]),
+        u32::from(b[2]),
+        u32::from(b[3]),
+    )
+}
+
+/// A Q4_K block unpacked once for the activation rows that meet it: its 256 levels (`0..16`),
+/// 16 at a time, group `g` in vectors `2g` and `2g + 1`, and its group scales and mins.
+struct Q4KUnpacked {
+    nibbles: [v128; 16],
+    scales: [v128; 2],
+    mins: [u8; 8],
+}
+
+#[inline(always)]
+fn q4_k_unpack(b: &BlockQ4K) -> Q4KUnpacked {
+    let (scales, mins) = k4_scales_mins(&b.scales);
+    let mut nibbles = [i32x4_splat(0); 16];
+    for p in 0..4 {
+        // Groups 2p (low nibbles) and 2p + 1 (high nibbles) share 32 bytes.
+        let q = [load16(&b.qs[32 * p..]), load16(&b.qs[32 * p + 16..])];
+        for (k, q) in q.into_iter().enumerate() {
+            nibbles[4 * p + k] = v128_and(q, u8x16_splat(0x0f));
+            nibbles[4 * p + 2 + k] = u8x16_shr(q, 4);
+        }
+    }
+    let lanes = |g: usize| widen4([scales[g], scales[g + 1], scales[g + 2], scales[g + 3]]);
+    Q4KUnpacked {
+        nibbles,
+        scales: [lanes(0), lanes(4)],
+        mins,
+    }
 }
 
 /// `dot::q4_k_ints`: per group of 32 values the scaled level sum and the min correction.
 #[inline(always)]
-fn q4_k_ints(b: &BlockQ4K, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
-    let (scales, mins) = k4_scales_mins(&b.scales);
+fn q4_k_ints(u: &Q4KUnpacked, a: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
     let ys: &[u8] = bytemuck::cast_slice(&a.qs);
-    let mut levels = [0i32; 8];
-    for p in 0..4 {
-        let q = [load16(&b.qs[32 * p..]), load16(&b.qs[32 * p + 16..])];
-        for (g, nibbles) in [
-            (2 * p, q.map(|v| v128_and(v, u8x16_splat(0x0f)))),
-            (2 * p + 1, q.map(|v| u8x16_shr(v, 4))),
-        ] {
-            let s = i32x4_add(
-                quads(nibbles[0], load16(&ys[32 * g..])),
-                quads(nibbles[1], load16(&ys[32 * g + 16..])),
-            );
-            levels[g] = i32::from(scales[g]) * hsum4(s);
-        }
-    }
-    (levels, super::super::dot::q4_k_corrections(&mins, a))
+    let group: [v128; 8] = core::array::from_fn(|g| {
+        quads_u7(
+            u.nibbles[2 * g],
+            load16(&ys[32 * g..]),
+            quads_u7(
+                u.nibbles[2 * g + 1],
+                load16(&ys[32 * g + 16..]),
+                i32x4_splat(0),
+            ),
+        )
+    });
+    let sums = [
+        hsums([group[0], group[1], group[2], group[3]]),
+        hsums([group[4], group[5], group[6], group[7]]),
+    ];
+    let levels = i32_lanes([
+        i32x4_mul(sums[0], u.scales[0]),
+        i32x4_mul(sums[1], u.scales[1]),
+    ]);
+    (levels, super::super::dot::q4_k_corrections(&u.mins, a))
 }
 
-/// `dot::lanes_q6_k`'s eight integer lane sums.
+/// A Q6_K block unpacked once for the activation rows that meet it: its 256 levels (`0..64`),
+/// 16 at a time, and each run's scale in every lane. Run `i` meets activation values
+/// `16i..16i + 16` and has scale `scales[i]`.
+struct Q6KUnpacked {
+    levels: [v128; 16],
+    scales: [v128; 16],
+}
+
 #[inline(always)]
-fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
-    let ys: &[u8] = bytemuck::cast_slice(&y.qs);
-    let mut acc = [i32x4_splat(0); 2];
+fn q6_k_unpack(x: &BlockQ6K) -> Q6KUnpacked {
+    let mut levels = [i32x4_splat(0); 16];
     for half in 0..2 {
         let ql = &x.ql[64 * half..64 * half + 64];
         let qh = &x.qh[32 * half..32 * half + 32];
@@ -272,32 +606,105 @@ fn q6_k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
         let high = [load16(&ql[32..]), load16(&ql[48..])];
         let bits = [load16(qh), load16(&qh[16..])];
         for c in 0..4 {
-            // Run c of 32 values: a nibble of `ql` (which half of it, and which nibble, by c)
-            // and two bits of `qh` (shifted by 2c) as the level's top bits.
+            // Values 128 half + 32c..: a nibble of `ql` (which half of it, and which nibble, by
+            // c) and two bits of `qh` (shifted by 2c) as the level's top bits.
             let src = if c % 2 == 0 { low } else { high };
-            let level = |k: usize| {
+            for k in 0..2 {
                 let nibble = if c < 2 {
                     v128_and(src[k], u8x16_splat(0x0f))
                 } else {
                     u8x16_shr(src[k], 4)
                 };
                 let top = v128_and(u8x16_shr(bits[k], 2 * c as u32), u8x16_splat(3));
-                v128_or(nibble, i8x16_shl(top, 4))
-            };
-            let v = 128 * half + 32 * c;
-            let s = [
-                quads(level(0), load16(&ys[v..])),
-                quads(level(1), load16(&ys[v + 16..])),
-            ];
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let scale = i32x4_splat(i32::from(x.scales[v / 16 + k]));
-                *acc = i32x4_add(*acc, i32x4_mul(s[k], scale));
+                levels[8 * half + 2 * c + k] = v128_or(nibble, i8x16_shl(top, 4));
             }
         }
+    }
+    Q6KUnpacked {
+        levels,
+        scales: core::array::from_fn(|i| i32x4_splat(i32::from(x.scales[i]))),
+    }
+}
+
+/// `dot::lanes_q6_k`'s eight integer lane sums.
+#[inline(always)]
+fn q6_k_lanes(u: &Q6KUnpacked, x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
+    let ys: &[u8] = bytemuck::cast_slice(&y.qs);
+    let mut acc = [i32x4_splat(0); 2];
+    for (i, (&level, &scale)) in u.levels.iter().zip(&u.scales).enumerate() {
+        let s = quads_u7(level, load16(&ys[16 * i..]), i32x4_splat(0));
+        acc[i % 2] = i32x4_add(acc[i % 2], i32x4_mul(s, scale));
     }
     let mut lanes = i32_lanes(acc);
     super::super::dot::q6_k_offsets(x, y, &mut lanes);
     lanes
+}
+
+/// A K-quant weight block: unpacked once for every activation row it meets, then folded into
+/// each row's accumulators as the reference folds it.
+trait KQuant: bytemuck::Pod {
+    type Unpacked;
+    type Fold: Copy;
+    fn unpack(&self) -> Self::Unpacked;
+    fn fold(at: BatchRow) -> Self::Fold;
+    fn add(fold: &mut Self::Fold, w: &Self, u: &Self::Unpacked, a: &BlockQ8K);
+    fn total(fold: Self::Fold) -> f32;
+}
+
+impl KQuant for BlockQ4K {
+    type Unpacked = Q4KUnpacked;
+    /// The accumulators, and whether the row sums in llama.cpp's groups of four rows.
+    type Fold = (Q4KFold, bool);
+    #[inline(always)]
+    fn unpack(&self) -> Q4KUnpacked {
+        q4_k_unpack(self)
+    }
+    #[inline(always)]
+    fn fold(at: BatchRow) -> Self::Fold {
+        (Q4KFold::default(), at.in_group_of_four())
+    }
+    #[inline(always)]
+    fn add((fold, grouped): &mut Self::Fold, w: &Self, u: &Q4KUnpacked, a: &BlockQ8K) {
+        fold.add(w, a, *grouped, q4_k_ints(u, a));
+    }
+    #[inline(always)]
+    fn total((fold, _): Self::Fold) -> f32 {
+        fold.total()
+    }
+}
+
+impl KQuant for BlockQ6K {
+    type Unpacked = Q6KUnpacked;
+    type Fold = Q6KFold;
+    #[inline(always)]
+    fn unpack(&self) -> Q6KUnpacked {
+        q6_k_unpack(self)
+    }
+    #[inline(always)]
+    fn fold(at: BatchRow) -> Q6KFold {
+        Q6KFold::new(at.tiled())
+    }
+    #[inline(always)]
+    fn add(fold: &mut Q6KFold, w: &Self, u: &Q6KUnpacked, a: &BlockQ8K) {
+        fold.add(w, a, &q6_k_lanes(u, w, a));
+    }
+    #[inline(always)]
+    fn total(fold: Q6KFold) -> f32 {
+        fold.total()
+    }
+}
+
+/// One K-quant weight row against `R` activation rows.
+#[inline(always)]
+fn k_rows<B: KQuant, const R: usize>(w: &[B], acts: &[(&[BlockQ8K], BatchRow); R]) -> [f32; R] {
+    let mut folds = acts.map(|(_, at)| B::fold(at));
+    for (k, b) in w.iter().enumerate() {
+        let unpacked = b.unpack();
+        for (fold, (y, _)) in folds.iter_mut().zip(acts) {
+            B::add(fold, b, &unpacked, &y[k]);
+        }
+    }
+    folds.map(B::total)
 }
 
 /// Eight i32 lanes held in two vectors, in order.
@@ -351,20 +758,20 @@ fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
 }
 
 impl super::RowKernels for Kernels {
-    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-        legacy(w, y)
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32 {
+        legacy(w, &[ActBlocks::new(y, sums)])[0]
     }
-    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-        legacy(w, y)
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32 {
+        legacy(w, &[ActBlocks::new(y, sums)])[0]
     }
-    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-        legacy(w, y)
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32 {
+        legacy(w, &[ActBlocks::new(y, sums)])[0]
     }
     fn f32(w: &[f32], x: &[f32]) -> f32 {
         dot_f32(w, x)
     }
     fn q4_k(w: &[BlockQ4K], y: &[BlockQ8K], grouped: bool) -> f32 {
-        super::super::dot::q4_k_fold(w, y, grouped, q4_k_ints)
+        super::super::dot::q4_k_fold(w, y, grouped, |b, a| q4_k_ints(&q4_k_unpack(b), a))
     }
     fn q4_1(w: &[BlockQ4_1], y: &[BlockQ8_0], s: &[f32]) -> f32 {
         offset(w, y, s, |b| (b.d, b.m, nibbles(&b.qs)))
@@ -380,13 +787,26 @@ impl super::RowKernels for Kernels {
         super::super::dot::q5_k_fold(w, y, q5_k_ints)
     }
     fn q6_k(w: &[BlockQ6K], y: &[BlockQ8K], tiled: bool) -> f32 {
-        super::super::dot::q6_k_fold(w, y, tiled, q6_k_lanes)
+        super::super::dot::q6_k_fold(w, y, tiled, |x, a| q6_k_lanes(&q6_k_unpack(x), x, a))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every half, bit for bit as the general conversion gives it.
+    #[wasm_bindgen_test::wasm_bindgen_test]
+    fn scales_convert_like_the_general_conversion() {
+        for h in 0..=u16::MAX {
+            let bits = h.to_le_bytes();
+            assert_eq!(
+                f16_scale(bits).to_bits(),
+                f16_to_f32(bits).to_bits(),
+                "{h:#06x}"
+            );
+        }
+    }
 
     /// The exact fused multiply-add against libm's, on values chosen to round both ways,
     /// including near ties where rounding twice would go wrong.
