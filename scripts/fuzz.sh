@@ -11,8 +11,13 @@ seconds="${1:-20}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# Seeds: a tiny GGUF written by the Python gguf package, and apr's conversions of it.
-cargo build --release --locked -q -p apr-cli
+# Seeds: a tiny GGUF written by the Python gguf package, and apr's conversions of it (by
+# $APR_BIN when set, else by a release build).
+apr="${APR_BIN:-}"
+if [[ -z "$apr" ]]; then
+    cargo build --release --locked -q -p apr-cli
+    apr=target/release/apr
+fi
 python3 - "$work/seed.gguf" <<'PY'
 import sys
 import numpy as np
@@ -27,10 +32,10 @@ q8 = gguf.quants.quantize(np.linspace(-2, 2, 64, dtype=np.float32).reshape(2, 32
 w.add_tensor("output.weight", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 PY
-target/release/apr convert "$work/seed.gguf" "$work/seed.safetensors" >/dev/null
-target/release/apr convert "$work/seed.gguf" "$work/seed.apr" >/dev/null
-target/release/apr convert "$work/seed.gguf" "$work/seed-lz4.apr" --compression lz4 >/dev/null
-target/release/apr convert "$work/seed.gguf" "$work/seed-zstd.apr" --compression zstd >/dev/null
+"$apr" convert "$work/seed.gguf" "$work/seed.safetensors" >/dev/null
+"$apr" convert "$work/seed.gguf" "$work/seed.apr" >/dev/null
+"$apr" convert "$work/seed.gguf" "$work/seed-lz4.apr" --compression lz4 >/dev/null
+"$apr" convert "$work/seed.gguf" "$work/seed-zstd.apr" --compression zstd >/dev/null
 
 status=0
 rm -rf fuzz/artifacts

@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh --tests
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+# Each step says when it starts (minutes into the run), so a slow run shows where it went.
+SECONDS=0
+step() { printf '\n\033[1m== %s\033[0m (at %dm%02ds)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)) >&2; }
 
 # The build, the Python reference tools and the real model's conversions take tens of gigabytes;
 # say what the disk had, so a failure for space reads as one.
@@ -38,15 +40,18 @@ RUSTDOCFLAGS="-D warnings" cargo doc -p apr-web --target wasm32-unknown-unknown 
 step "the web app: trunk build --release (the browser tests load dist/)"
 (source scripts/web-env.sh && trunk build --release)
 
-step "the release binary (the Python tests and the fuzz seeds drive it)"
-cargo build --release --locked -p apr-cli --quiet
+step "the apr binary (the Python tests and the fuzz seeds drive it)"
+# The dev build, which the Rust tests below reuse: a release build would compile every
+# dependency a second time for no test's sake (the kernels are optimised in dev too).
+cargo build --workspace --locked --quiet
+export APR_BIN="$PWD/target/debug/apr"
 
 log=$(mktemp)
 pylog=$(mktemp)
 trap 'rm -f "$log" "$log.web" "$pylog"' EXIT
 
 step "cross-tool tests: huggingface_hub's cache, the Python gguf package, transformers"
-APR_BIN="$PWD/target/release/apr" python3 -m unittest discover -v -s tests -p 'test_*.py' 2>&1 | tee "$pylog"
+python3 -m unittest discover -v -s tests -p 'test_*.py' 2>&1 | tee "$pylog"
 
 step "fuzz every reader for a bounded time"
 scripts/fuzz.sh "${APR_FUZZ_SECONDS:-20}"
@@ -89,5 +94,6 @@ rm -rf "$nodewrap"
 
 # One closing line for the whole suite, summed over every Rust test binary and the Python tests.
 py=$(awk '/^Ran [0-9]+ tests? in/ { n += $2 } END { print n + 0 }' "$pylog")
+step "done"
 awk -v py="$py" '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "\ntests: %d passed, %d failed, %d skipped\n", p + py, f, i }' "$log"
