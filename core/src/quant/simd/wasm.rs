@@ -353,10 +353,12 @@ fn tiles<W: bytemuck::Pod, A: Copy>(
         let rest = groups.remainder();
         let mut r = 0;
         for group in groups {
-            let group: &[A; 4] = group.try_into().expect("chunks of four");
-            for got in four(row, group) {
-                out[r * n + i] = got;
-                r += 1;
+            // Always four: `chunks_exact`.
+            if let &[a, b, c, d] = group {
+                for got in four(row, &[a, b, c, d]) {
+                    out[r * n + i] = got;
+                    r += 1;
+                }
             }
         }
         for act in rest {
