@@ -58,9 +58,11 @@ const Q5_SPREAD: [u64; 256] = {
     all(target_arch = "wasm32", target_feature = "simd128")
 ))]
 trait RowKernels {
-    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32;
-    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32;
-    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32;
+    /// The legacy types take a whole run of weight rows (`w` holds `out.len()` rows of
+    /// `y.len()` blocks), so a kernel may share each activation block between rows.
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], sums: Q8Sums<'_>, out: &mut [f32]);
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], sums: Q8Sums<'_>, out: &mut [f32]);
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], sums: Q8Sums<'_>, out: &mut [f32]);
     fn f32(w: &[f32], x: &[f32]) -> f32;
     /// Q4_K in llama.cpp's `gemm` groups or whole (`dot::q4_k_fold`).
     fn q4_k(w: &[super::blocks::BlockQ4K], y: &[super::dot::BlockQ8K], grouped: bool) -> f32 {
@@ -101,12 +103,10 @@ fn rows<K: RowKernels>(
         bytes: &[u8],
         (y, sums): (&[BlockQ8_0], Q8Sums<'_>),
         out: &mut [f32],
-        dot: fn(&[B], &[BlockQ8_0], Q8Sums<'_>) -> f32,
+        dot: fn(&[B], &[BlockQ8_0], Q8Sums<'_>, &mut [f32]),
     ) -> Result<(), QuantError> {
         let w: &[B] = super::dot::weight_blocks(ty, bytes, y.len() * out.len(), super::QK)?;
-        for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
-            *o = dot(row, y, sums);
-        }
+        dot(w, y, sums, out);
         Ok(())
     }
     if out.is_empty() {
@@ -187,6 +187,14 @@ macro_rules! level {
             Level::Neon => $scalar,
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Level::Simd128 => $scalar,
+        }
+    };
+    // The same, with a simd128 kernel too.
+    (wasm: $isa:expr, $call:ident($($arg:expr),*), $scalar:expr) => {
+        match $isa.0 {
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Level::Simd128 => wasm::$call($($arg),*),
+            _ => level!($isa, $call($($arg),*), $scalar),
         }
     };
 }
@@ -402,27 +410,27 @@ impl Isa {
 
     /// [`vec::decode_f16`] with this instruction set.
     pub fn decode_f16(self, src: &[u16], dst: &mut [f32]) {
-        level!(self, decode_f16(src, dst), vec::decode_f16(src, dst));
+        level!(wasm: self, decode_f16(src, dst), vec::decode_f16(src, dst));
     }
 
     /// [`vec::round_f16_slice`] with this instruction set.
     pub fn round_f16_slice(self, x: &mut [f32]) {
-        level!(self, round_f16_slice(x), vec::round_f16_slice(x));
+        level!(wasm: self, round_f16_slice(x), vec::round_f16_slice(x));
     }
 
     /// [`vec::dot_ggml`] with this instruction set.
     pub fn dot_ggml(self, x: &[f32], y: &[f32]) -> f32 {
-        level!(self, dot_ggml(x, y), vec::dot_ggml(x, y))
+        level!(wasm: self, dot_ggml(x, y), vec::dot_ggml(x, y))
     }
 
     /// [`vec::scale`] with this instruction set.
     pub fn scale(self, acc: &mut [f32], s: f32, f16: bool) {
-        level!(self, scale(acc, s, f16), vec::scale(acc, s, f16));
+        level!(wasm: self, scale(acc, s, f16), vec::scale(acc, s, f16));
     }
 
     /// [`vec::mad`] with this instruction set.
     pub fn mad(self, acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
-        level!(self, mad(acc, v, s, f16), vec::mad(acc, v, s, f16));
+        level!(wasm: self, mad(acc, v, s, f16), vec::mad(acc, v, s, f16));
     }
 
     /// [`vec::silu_mul`] with this instruction set.
@@ -441,7 +449,7 @@ impl Isa {
         out: &mut [f32],
     ) {
         level!(
-            self,
+            wasm: self,
             attend(q, head, k, v, w, out),
             vec::attend(q, head, k, v, w, out)
         );
@@ -646,6 +654,60 @@ mod tests {
                     isa.mad(&mut b, &y, 1.7, f16);
                     assert_eq!(a, b, "mad on {name}");
                 }
+            }
+        }
+    }
+
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn f16_conversions_match_the_reference_on_every_value_class() {
+        // Every half; and f32s at and beside each rounding boundary of every 7th half (ties,
+        // carries into the exponent, f16's subnormals), past f16's largest value, f32's own
+        // subnormals, infinities and NaNs with payloads. One value more than a multiple of eight
+        // runs the kernels' tails too.
+        let halves: Vec<u16> = (0..=u16::MAX).chain([0x3c00]).collect();
+        let mut floats: Vec<f32> = Vec::new();
+        for h in (0..=u16::MAX).step_by(7) {
+            let bits = crate::quant::f16_to_f32(h.to_le_bytes()).to_bits();
+            for d in [0u32, 1, 0x0fff, 0x1000, 0x1001, 0x1fff] {
+                floats.push(f32::from_bits(bits.wrapping_add(d)));
+                floats.push(f32::from_bits(bits.wrapping_sub(d)));
+            }
+        }
+        floats.extend([
+            65504.0,
+            65519.996,
+            65520.0,
+            65536.0,
+            f32::MAX,
+            f32::INFINITY,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0x7fbf_ffff),
+            f32::from_bits(0xffc1_2345),
+            -0.0,
+            0.0,
+        ]);
+        let mut want = alloc::vec![0f32; halves.len()];
+        vec::decode_f16(&halves, &mut want);
+        let mut rounded = floats.clone();
+        vec::round_f16_slice(&mut rounded);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for isa in Isa::available() {
+            let mut got = alloc::vec![0f32; halves.len()];
+            isa.decode_f16(&halves, &mut got);
+            assert!(bits(&got) == bits(&want), "decode_f16 on {}", isa.name());
+            let mut got = floats.clone();
+            isa.round_f16_slice(&mut got);
+            for ((g, w), x) in got.iter().zip(&rounded).zip(&floats) {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "round_f16_slice({x:e} = {:#x}) on {}",
+                    x.to_bits(),
+                    isa.name()
+                );
             }
         }
     }

@@ -138,6 +138,13 @@ fn offset<B>(
     })
 }
 
+/// [`legacy`] for each of the rows of `y.len()` blocks in `w`.
+fn legacy_rows<B: Unpack>(w: &[B], y: &[BlockQ8_0], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len())) {
+        *o = legacy(row, y);
+    }
+}
+
 /// `dot::blocks` for one weight row.
 #[inline(always)]
 fn legacy<B: Unpack>(w: &[B], y: &[BlockQ8_0]) -> f32 {
@@ -304,14 +311,14 @@ fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
 pub(super) struct Kernels;
 
 impl super::RowKernels for Kernels {
-    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], _: Q8Sums<'_>) -> f32 {
-        legacy(w, y)
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], _: Q8Sums<'_>, out: &mut [f32]) {
+        legacy_rows(w, y, out);
     }
-    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], _: Q8Sums<'_>) -> f32 {
-        legacy(w, y)
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], _: Q8Sums<'_>, out: &mut [f32]) {
+        legacy_rows(w, y, out);
     }
-    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], _: Q8Sums<'_>) -> f32 {
-        legacy(w, y)
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], _: Q8Sums<'_>, out: &mut [f32]) {
+        legacy_rows(w, y, out);
     }
     fn f32(w: &[f32], x: &[f32]) -> f32 {
         dot_f32(w, x)

@@ -15,7 +15,9 @@
 //! four activation rows.
 //!
 //! The K-quants compute their exact integer parts here and share the reference's float side.
-//! Types and operations without a kernel here (f16, bf16, attention, SiLU) run the reference.
+//! Attention over an f16 cache converts and rounds f16 with integer lane operations (engines
+//! have no f16 instructions) and sums with the fused multiply-add. Types and operations without
+//! a kernel here (f16 and bf16 weights, SiLU, the exponentials) run the reference.
 
 use core::arch::wasm32::*;
 
@@ -23,6 +25,7 @@ use super::super::blocks::*;
 use super::super::dot::{
     ActRow, BatchRow, BlockQ8K, Q4KFold, Q6KFold, Q8Sums, hsum8, k4_scales_mins,
 };
+use super::super::vec::{AttnHead, KvRows, exponents, softmax_scratch};
 use super::super::{QK, QuantError, f16_to_f32};
 use crate::dtype::GgmlType;
 
@@ -34,7 +37,6 @@ fn load16(bytes: &[u8]) -> v128 {
 }
 
 /// Four lane sums of 16 signed bytes: lane `l` is the sum of the products of bytes `4l..4l + 4`.
-#[cfg(not(target_feature = "relaxed-simd"))]
 #[inline(always)]
 fn quads(x: v128, y: v128) -> v128 {
     let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(x), i16x8_extend_low_i8x16(y));
@@ -263,6 +265,28 @@ impl Legacy for BlockQ8_0 {
     }
 }
 
+/// Q8_0 for one activation row at a time: its signed values straight into the widening dot
+/// product, which in decode beats splitting them for relaxed SIMD's (measured in Node: about a
+/// sixth less time per block), as there are no other rows to share the split with.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(transparent)]
+struct Q8Signed(BlockQ8_0);
+
+impl Legacy for Q8Signed {
+    type Unpacked = [v128; 2];
+    fn scale(&self) -> [u8; 2] {
+        self.0.d
+    }
+    #[inline(always)]
+    fn unpack(&self) -> [v128; 2] {
+        act_values(&self.0)
+    }
+    #[inline(always)]
+    fn lanes(w: &[v128; 2], y: [v128; 2], _: [v128; 2]) -> [v128; 2] {
+        [quads(w[0], y[0]), quads(w[1], y[1])]
+    }
+}
+
 /// Q5_0's and Q4_0's levels (`0..32` and `0..16`) and offsets (16 and 8, as shifts of the
 /// `-128 * quad sum` corrections: 3 and 4).
 macro_rules! offset_levels {
@@ -325,6 +349,15 @@ fn legacy<B: Legacy, const R: usize>(w: &[B], acts: &[ActBlocks<'_>; R]) -> [f32
         }
     }
     acc.map(hsum_lanes)
+}
+
+/// The decode product of a run of weight rows (`w` holds `out.len()` rows of `y.len()`
+/// blocks) and one activation row.
+fn legacy_rows<B: Legacy>(w: &[B], y: &[BlockQ8_0], sums: Q8Sums<'_>, out: &mut [f32]) {
+    let act = [ActBlocks::new(y, sums)];
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(y.len().max(1))) {
+        *o = legacy::<B, 1>(row, &act)[0];
+    }
 }
 
 /// `out[r * n + i]` = weight row `i` times activation row `r` (`n = out.len() / acts.len()`),
@@ -468,6 +501,7 @@ fn offset<B>(
 }
 
 /// Q5_0's and Q5_1's fifth bits: bit `i` of `qh` as 0x10 in byte `i`, values 0..16 then 16..32.
+/// (A table lookup per eight bits: on V8 it beats spreading the bits with shuffles and masks.)
 #[inline(always)]
 fn fifth_bits(qh: [u8; 4]) -> [v128; 2] {
     let qh = u32::from_le_bytes(qh);
@@ -507,6 +541,249 @@ pub(super) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
         sum += a * b;
     }
     sum
+}
+
+/// `fmaf(a, b, c)` lane by lane: relaxed SIMD's fused multiply-add (see [`fma_lanes`] for when
+/// engines fuse it), or exactly in f64 without it (the product of two f32 is exact there).
+#[inline(always)]
+fn fma4(a: v128, b: v128, c: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        f32x4_relaxed_madd(a, b, c)
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        let half = |a: v128, b: v128, c: v128| {
+            let p = f64x2_mul(f64x2_promote_low_f32x4(a), f64x2_promote_low_f32x4(b));
+            f32x4_demote_f64x2_zero(add_to_odd(f64x2_promote_low_f32x4(c), p))
+        };
+        let high = |v: v128| i32x4_shuffle::<2, 3, 0, 1>(v, v);
+        let lo = half(a, b, c);
+        let hi = half(high(a), high(b), high(c));
+        i32x4_shuffle::<0, 1, 4, 5>(lo, hi)
+    }
+}
+
+/// Four f16s (the low halves of i32 lanes) as f32, exactly: [`f16_scale`]'s scaling, with
+/// infinities and NaNs (quieted, as the general conversion does) selected apart.
+#[inline(always)]
+fn f16x4_to_f32(h: v128) -> v128 {
+    let magnitude = v128_and(h, u32x4_splat(0x7fff));
+    let shifted = i32x4_shl(magnitude, 13);
+    let finite = f32x4_mul(shifted, f32x4_splat(f32::from_bits(0x7780_0000)));
+    let nan = i32x4_gt(magnitude, i32x4_splat(0x7c00));
+    let special = v128_or(
+        v128_or(shifted, u32x4_splat(0x7000_0000)),
+        v128_and(nan, u32x4_splat(0x0040_0000)),
+    );
+    let value = v128_bitselect(special, finite, i32x4_ge(magnitude, i32x4_splat(0x7c00)));
+    v128_or(value, i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
+}
+
+/// Each lane rounded to f16 (to nearest, ties to even) and back, as `half` converts.
+#[inline(always)]
+fn round_f16x4(x: v128) -> v128 {
+    let abs = v128_and(x, u32x4_splat(0x7fff_ffff));
+    // f16's normal range: ten mantissa bits, to nearest even; a carry may reach the exponent.
+    let odd = v128_and(u32x4_shr(abs, 13), u32x4_splat(1));
+    let normal = v128_and(
+        i32x4_add(abs, i32x4_add(odd, u32x4_splat(0x0fff))),
+        u32x4_splat(0xffff_e000),
+    );
+    // Below f16's smallest normal (2^-14): multiples of 2^-24, which adding and taking away 0.5
+    // rounds to (exactly, to nearest even: the sum's unit in the last place is 2^-24).
+    let half = f32x4_splat(0.5);
+    let subnormal = f32x4_sub(f32x4_add(abs, half), half);
+    let r = v128_bitselect(subnormal, normal, i32x4_lt(abs, i32x4_splat(0x3880_0000)));
+    // From 65520 up, f16 overflows to infinity.
+    let r = v128_bitselect(
+        u32x4_splat(0x7f80_0000),
+        r,
+        i32x4_ge(abs, i32x4_splat(0x477f_f000)),
+    );
+    // NaNs keep their top ten mantissa bits and come back quiet.
+    let nan = v128_or(
+        v128_and(abs, u32x4_splat(0xffff_e000)),
+        u32x4_splat(0x0040_0000),
+    );
+    let r = v128_bitselect(nan, r, i32x4_gt(abs, i32x4_splat(0x7f80_0000)));
+    v128_or(r, v128_and(x, u32x4_splat(0x8000_0000)))
+}
+
+/// `vec::decode_f16`.
+pub(super) fn decode_f16(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let (src, dst) = (&src[..n], &mut dst[..n]);
+    let (sc, mut dc) = (src.chunks_exact(8), dst.chunks_exact_mut(8));
+    for (s, d) in sc.clone().zip(&mut dc) {
+        let h = load16(bytemuck::cast_slice(s));
+        let lo = f16x4_to_f32(u32x4_extend_low_u16x8(h));
+        let hi = f16x4_to_f32(u32x4_extend_high_u16x8(h));
+        // SAFETY: `d` holds eight f32.
+        unsafe {
+            v128_store(d.as_mut_ptr().cast(), lo);
+            v128_store(d.as_mut_ptr().add(4).cast(), hi);
+        }
+    }
+    crate::quant::vec::decode_f16(sc.remainder(), dc.into_remainder());
+}
+
+/// `f(v)` for each run of four values, in place; the rest through the reference `tail`.
+#[inline(always)]
+fn each4(x: &mut [f32], f: impl Fn(v128, usize) -> v128, tail: impl FnOnce(&mut [f32], usize)) {
+    let mut chunks = x.chunks_exact_mut(4);
+    let mut at = 0;
+    for c in &mut chunks {
+        // SAFETY: `c` holds four f32.
+        unsafe {
+            let v = v128_load(c.as_ptr().cast());
+            v128_store(c.as_mut_ptr().cast(), f(v, at));
+        }
+        at += 4;
+    }
+    tail(chunks.into_remainder(), at);
+}
+
+/// `vec::round_f16_slice`.
+pub(super) fn round_f16_slice(x: &mut [f32]) {
+    each4(
+        x,
+        |v, _| round_f16x4(v),
+        |rest, _| crate::quant::vec::round_f16_slice(rest),
+    );
+}
+
+/// `vec::scale`.
+pub(super) fn scale(acc: &mut [f32], s: f32, f16: bool) {
+    let sv = f32x4_splat(s);
+    each4(
+        acc,
+        |a, _| {
+            let a = f32x4_mul(a, sv);
+            if f16 { round_f16x4(a) } else { a }
+        },
+        |rest, _| crate::quant::vec::scale(rest, s, f16),
+    );
+}
+
+/// `vec::mad`.
+pub(super) fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
+    let n = acc.len().min(v.len());
+    let (acc, v) = (&mut acc[..n], &v[..n]);
+    let sv = f32x4_splat(s);
+    each4(
+        acc,
+        |a, at| {
+            // SAFETY: `at + 4 <= n`: `each4` passes whole runs of four within `acc[..n]`.
+            let x = unsafe { v128_load(v.as_ptr().add(at).cast()) };
+            let a = fma4(x, sv, a);
+            if f16 { round_f16x4(a) } else { a }
+        },
+        |rest, at| crate::quant::vec::mad(rest, &v[at..], s, f16),
+    );
+}
+
+/// `vec::dot_ggml`: each of its 64 lanes (16 vectors here) runs over the whole runs of 64 on its
+/// own, then they fold in the reference's order.
+pub(super) fn dot_ggml(x: &[f32], y: &[f32]) -> f32 {
+    let runs = (x.len() / 64).min(y.len() / 64);
+    let acc: [v128; 16] = core::array::from_fn(|g| {
+        let mut a = f32x4_splat(0.0);
+        for r in 0..runs {
+            let at = 64 * r + 4 * g;
+            // SAFETY: `at + 4 <= 64 * runs`, within both slices.
+            let (p, q) = unsafe {
+                (
+                    v128_load(x.as_ptr().add(at).cast()),
+                    v128_load(y.as_ptr().add(at).cast()),
+                )
+            };
+            a = fma4(p, q, a);
+        }
+        a
+    });
+    // Lane l of accumulator j is vector 4j + l / 4 here.
+    let v: [v128; 4] = core::array::from_fn(|m| {
+        f32x4_add(
+            f32x4_add(acc[m], acc[8 + m]),
+            f32x4_add(acc[4 + m], acc[12 + m]),
+        )
+    });
+    let h4 = f32x4_add(f32x4_add(v[3], v[1]), f32x4_add(v[2], v[0]));
+    let lane = |i: usize| match i {
+        0 => f32x4_extract_lane::<0>(h4),
+        1 => f32x4_extract_lane::<1>(h4),
+        2 => f32x4_extract_lane::<2>(h4),
+        _ => f32x4_extract_lane::<3>(h4),
+    };
+    let mut sum = f64::from((lane(0) + lane(2)) + (lane(1) + lane(3)));
+    // The leftovers past each slice's last whole run, as the reference pairs them.
+    let (xr, yr) = (
+        x.chunks_exact(64).remainder(),
+        y.chunks_exact(64).remainder(),
+    );
+    for (a, b) in xr.iter().zip(yr) {
+        sum += f64::from(a * b);
+    }
+    sum as f32
+}
+
+/// `vec::attend` with this level's vector kernels; keys already in f32 are read in place.
+pub(super) fn attend(
+    q: &mut [f32],
+    head: &AttnHead<'_>,
+    k: &mut [f32],
+    v: &mut [f32],
+    w: &mut alloc::vec::Vec<f32>,
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    let dim = out.len();
+    if q.len() != dim || k.len() != dim || v.len() != dim || !head.fits(dim) {
+        return;
+    }
+    let f16 = !matches!(head.keys, KvRows::F32(_));
+    if f16 {
+        round_f16_slice(q);
+    }
+    let (scores, weights) = softmax_scratch(w, head.len);
+    for (t, s) in scores.iter_mut().enumerate() {
+        let at = t * head.stride + head.offset;
+        *s = match head.keys {
+            KvRows::F16(c) => {
+                decode_f16(&c[at..at + dim], k);
+                dot_ggml(q, k)
+            }
+            KvRows::F32(c) | KvRows::Widened(c) => dot_ggml(q, &c[at..at + dim]),
+        } * head.scale;
+    }
+    exponents(scores, weights);
+    crate::quant::vec::expf_slice(weights);
+    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
+    for (t, (&s, &e)) in scores.iter().zip(weights.iter()).enumerate() {
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > max {
+            ms = e;
+            max = s;
+            scale(out, ms, f16);
+        } else {
+            vs = e;
+        }
+        let at = t * head.stride + head.offset;
+        let row: &[f32] = match head.values {
+            KvRows::F16(c) => {
+                decode_f16(&c[at..at + dim], v);
+                v
+            }
+            KvRows::F32(c) | KvRows::Widened(c) => &c[at..at + dim],
+        };
+        mad(out, row, vs, f16);
+        sum = crate::quant::fmaf(sum, ms, vs);
+    }
+    let inv = 1.0 / sum;
+    for acc in out.iter_mut() {
+        *acc *= inv;
+    }
 }
 
 /// This level's kernels for the shared row loop.
@@ -760,14 +1037,14 @@ fn q5_k_ints(x: &BlockQ5K, y: &BlockQ8K) -> ([i32; 8], i32) {
 }
 
 impl super::RowKernels for Kernels {
-    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32 {
-        legacy(w, &[ActBlocks::new(y, sums)])[0]
+    fn q8_0(w: &[BlockQ8_0], y: &[BlockQ8_0], sums: Q8Sums<'_>, out: &mut [f32]) {
+        legacy_rows::<Q8Signed>(bytemuck::cast_slice(w), y, sums, out);
     }
-    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32 {
-        legacy(w, &[ActBlocks::new(y, sums)])[0]
+    fn q5_0(w: &[BlockQ5_0], y: &[BlockQ8_0], sums: Q8Sums<'_>, out: &mut [f32]) {
+        legacy_rows(w, y, sums, out);
     }
-    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], sums: Q8Sums<'_>) -> f32 {
-        legacy(w, &[ActBlocks::new(y, sums)])[0]
+    fn q4_0(w: &[BlockQ4_0], y: &[BlockQ8_0], sums: Q8Sums<'_>, out: &mut [f32]) {
+        legacy_rows(w, y, sums, out);
     }
     fn f32(w: &[f32], x: &[f32]) -> f32 {
         dot_f32(w, x)
