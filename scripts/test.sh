@@ -26,12 +26,14 @@ fi
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
+# Checks, not builds: these steps prove the crate compiles without std and for wasm32, and the
+# web app's release build below compiles it for wasm32 in full anyway.
 step "apr-core without std (no_std + alloc), natively and for wasm32"
-cargo build -p apr-core --no-default-features --locked --quiet
-cargo build -p apr-core --no-default-features --target wasm32-unknown-unknown --locked --quiet
+cargo check -p apr-core --no-default-features --locked --quiet
+cargo check -p apr-core --no-default-features --target wasm32-unknown-unknown --locked --quiet
 
 step "apr-core's tokenizer, chat template and generation for wasm32"
-cargo build -p apr-core --no-default-features --features tokenizer --target wasm32-unknown-unknown --locked --quiet
+cargo check -p apr-core --no-default-features --features tokenizer --target wasm32-unknown-unknown --locked --quiet
 
 step "the web app for wasm32: lints and docs"
 cargo clippy -p apr-web --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
