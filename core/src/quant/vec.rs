@@ -252,6 +252,49 @@ pub fn attend(
     w: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    attend_with::<Reference>(q, head, k, v, w, out);
+}
+
+/// The vector operations [`attend`] is made of. A level with its own kernels for them shares
+/// the reference's control flow through [`attend_with`].
+pub(crate) trait AttendOps {
+    fn round_f16_slice(x: &mut [f32]);
+    fn decode_f16(src: &[u16], dst: &mut [f32]);
+    fn dot_ggml(x: &[f32], y: &[f32]) -> f32;
+    fn scale(acc: &mut [f32], s: f32, f16: bool);
+    fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool);
+}
+
+/// This module's functions.
+struct Reference;
+
+impl AttendOps for Reference {
+    fn round_f16_slice(x: &mut [f32]) {
+        round_f16_slice(x);
+    }
+    fn decode_f16(src: &[u16], dst: &mut [f32]) {
+        decode_f16(src, dst);
+    }
+    fn dot_ggml(x: &[f32], y: &[f32]) -> f32 {
+        dot_ggml(x, y)
+    }
+    fn scale(acc: &mut [f32], s: f32, f16: bool) {
+        scale(acc, s, f16);
+    }
+    fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
+        mad(acc, v, s, f16);
+    }
+}
+
+/// [`attend`] with `O`'s vector operations.
+pub(crate) fn attend_with<O: AttendOps>(
+    q: &mut [f32],
+    head: &AttnHead<'_>,
+    k: &mut [f32],
+    v: &mut [f32],
+    w: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     out.fill(0.0);
     let dim = out.len();
     if q.len() != dim || k.len() != dim || v.len() != dim || !head.fits(dim) {
@@ -259,19 +302,23 @@ pub fn attend(
     }
     let f16 = !matches!(head.keys, KvRows::F32(_));
     if f16 {
-        round_f16_slice(q);
+        O::round_f16_slice(q);
     }
-    let row = |rows: KvRows<'_>, t: usize, dst: &mut [f32]| {
-        let at = t * head.stride + head.offset;
+    // Position `t`'s row as f32: f16 rows converted into `scratch`, f32 rows read in place.
+    fn row<'a, O: AttendOps>(rows: KvRows<'a>, at: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+        let dim = scratch.len();
         match rows {
-            KvRows::F16(c) => decode_f16(&c[at..at + dim], dst),
-            KvRows::F32(c) | KvRows::Widened(c) => dst.copy_from_slice(&c[at..at + dim]),
+            KvRows::F16(c) => {
+                O::decode_f16(&c[at..at + dim], scratch);
+                scratch
+            }
+            KvRows::F32(c) | KvRows::Widened(c) => &c[at..at + dim],
         }
-    };
+    }
     let (scores, weights) = softmax_scratch(w, head.len);
     for (t, s) in scores.iter_mut().enumerate() {
-        row(head.keys, t, k);
-        *s = dot_ggml(q, k) * head.scale;
+        let key = row::<O>(head.keys, t * head.stride + head.offset, k);
+        *s = O::dot_ggml(q, key) * head.scale;
     }
     exponents(scores, weights);
     expf_slice(weights);
@@ -281,12 +328,12 @@ pub fn attend(
         if s > max {
             ms = e;
             max = s;
-            scale(out, ms, f16);
+            O::scale(out, ms, f16);
         } else {
             vs = e;
         }
-        row(head.values, t, v);
-        mad(out, v, vs, f16);
+        let value = row::<O>(head.values, t * head.stride + head.offset, v);
+        O::mad(out, value, vs, f16);
         sum = crate::quant::fmaf(sum, ms, vs);
     }
     let inv = 1.0 / sum;

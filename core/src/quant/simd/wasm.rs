@@ -25,7 +25,7 @@ use super::super::blocks::*;
 use super::super::dot::{
     ActRow, BatchRow, BlockQ8K, Q4KFold, Q6KFold, Q8Sums, hsum8, k4_scales_mins,
 };
-use super::super::vec::{AttnHead, KvRows, exponents, softmax_scratch};
+use super::super::vec::{self, AttendOps, AttnHead};
 use super::super::{QK, QuantError, f16_to_f32};
 use crate::dtype::GgmlType;
 
@@ -625,7 +625,7 @@ pub(super) fn decode_f16(src: &[u16], dst: &mut [f32]) {
             v128_store(d.as_mut_ptr().add(4).cast(), hi);
         }
     }
-    crate::quant::vec::decode_f16(sc.remainder(), dc.into_remainder());
+    vec::decode_f16(sc.remainder(), dc.into_remainder());
 }
 
 /// `f(v)` for each run of four values, in place; the rest through the reference `tail`.
@@ -649,7 +649,7 @@ pub(super) fn round_f16_slice(x: &mut [f32]) {
     each4(
         x,
         |v, _| round_f16x4(v),
-        |rest, _| crate::quant::vec::round_f16_slice(rest),
+        |rest, _| vec::round_f16_slice(rest),
     );
 }
 
@@ -662,7 +662,7 @@ pub(super) fn scale(acc: &mut [f32], s: f32, f16: bool) {
             let a = f32x4_mul(a, sv);
             if f16 { round_f16x4(a) } else { a }
         },
-        |rest, _| crate::quant::vec::scale(rest, s, f16),
+        |rest, _| vec::scale(rest, s, f16),
     );
 }
 
@@ -679,7 +679,7 @@ pub(super) fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
             let a = fma4(x, sv, a);
             if f16 { round_f16x4(a) } else { a }
         },
-        |rest, at| crate::quant::vec::mad(rest, &v[at..], s, f16),
+        |rest, at| vec::mad(rest, &v[at..], s, f16),
     );
 }
 
@@ -728,7 +728,28 @@ pub(super) fn dot_ggml(x: &[f32], y: &[f32]) -> f32 {
     sum as f32
 }
 
-/// `vec::attend` with this level's vector kernels; keys already in f32 are read in place.
+/// This level's kernels for [`vec::attend_with`].
+struct AttendKernels;
+
+impl AttendOps for AttendKernels {
+    fn round_f16_slice(x: &mut [f32]) {
+        round_f16_slice(x);
+    }
+    fn decode_f16(src: &[u16], dst: &mut [f32]) {
+        decode_f16(src, dst);
+    }
+    fn dot_ggml(x: &[f32], y: &[f32]) -> f32 {
+        dot_ggml(x, y)
+    }
+    fn scale(acc: &mut [f32], s: f32, f16: bool) {
+        scale(acc, s, f16);
+    }
+    fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
+        mad(acc, v, s, f16);
+    }
+}
+
+/// `vec::attend` with this level's vector kernels.
 pub(super) fn attend(
     q: &mut [f32],
     head: &AttnHead<'_>,
@@ -737,53 +758,7 @@ pub(super) fn attend(
     w: &mut alloc::vec::Vec<f32>,
     out: &mut [f32],
 ) {
-    out.fill(0.0);
-    let dim = out.len();
-    if q.len() != dim || k.len() != dim || v.len() != dim || !head.fits(dim) {
-        return;
-    }
-    let f16 = !matches!(head.keys, KvRows::F32(_));
-    if f16 {
-        round_f16_slice(q);
-    }
-    let (scores, weights) = softmax_scratch(w, head.len);
-    for (t, s) in scores.iter_mut().enumerate() {
-        let at = t * head.stride + head.offset;
-        *s = match head.keys {
-            KvRows::F16(c) => {
-                decode_f16(&c[at..at + dim], k);
-                dot_ggml(q, k)
-            }
-            KvRows::F32(c) | KvRows::Widened(c) => dot_ggml(q, &c[at..at + dim]),
-        } * head.scale;
-    }
-    exponents(scores, weights);
-    crate::quant::vec::expf_slice(weights);
-    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
-    for (t, (&s, &e)) in scores.iter().zip(weights.iter()).enumerate() {
-        let (mut ms, mut vs) = (1.0f32, 1.0f32);
-        if s > max {
-            ms = e;
-            max = s;
-            scale(out, ms, f16);
-        } else {
-            vs = e;
-        }
-        let at = t * head.stride + head.offset;
-        let row: &[f32] = match head.values {
-            KvRows::F16(c) => {
-                decode_f16(&c[at..at + dim], v);
-                v
-            }
-            KvRows::F32(c) | KvRows::Widened(c) => &c[at..at + dim],
-        };
-        mad(out, row, vs, f16);
-        sum = crate::quant::fmaf(sum, ms, vs);
-    }
-    let inv = 1.0 / sum;
-    for acc in out.iter_mut() {
-        *acc *= inv;
-    }
+    vec::attend_with::<AttendKernels>(q, head, k, v, w, out);
 }
 
 /// This level's kernels for the shared row loop.
@@ -875,9 +850,9 @@ struct Q6KUnpacked {
     scales: [v128; 16],
 }
 
+/// Each of a Q6_K block's 16 runs of 16 levels (`0..64`) in order: `each(i, levels)`.
 #[inline(always)]
-fn q6_k_unpack(x: &BlockQ6K) -> Q6KUnpacked {
-    let mut levels = [i32x4_splat(0); 16];
+fn q6_k_levels(x: &BlockQ6K, mut each: impl FnMut(usize, v128)) {
     for half in 0..2 {
         let ql = &x.ql[64 * half..64 * half + 64];
         let qh = &x.qh[32 * half..32 * half + 32];
@@ -895,10 +870,16 @@ fn q6_k_unpack(x: &BlockQ6K) -> Q6KUnpacked {
                     u8x16_shr(src[k], 4)
                 };
                 let top = v128_and(u8x16_shr(bits[k], 2 * c as u32), u8x16_splat(3));
-                levels[8 * half + 2 * c + k] = v128_or(nibble, i8x16_shl(top, 4));
+                each(8 * half + 2 * c + k, v128_or(nibble, i8x16_shl(top, 4)));
             }
         }
     }
+}
+
+#[inline(always)]
+fn q6_k_unpack(x: &BlockQ6K) -> Q6KUnpacked {
+    let mut levels = [i32x4_splat(0); 16];
+    q6_k_levels(x, |i, v| levels[i] = v);
     Q6KUnpacked {
         levels,
         scales: core::array::from_fn(|i| i32x4_splat(i32::from(x.scales[i]))),
@@ -914,6 +895,22 @@ fn q6_k_lanes(u: &Q6KUnpacked, x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
         let s = quads_u7(level, load16(&ys[16 * i..]), i32x4_splat(0));
         acc[i % 2] = i32x4_add(acc[i % 2], i32x4_mul(s, scale));
     }
+    let mut lanes = i32_lanes(acc);
+    super::super::dot::q6_k_offsets(x, y, &mut lanes);
+    lanes
+}
+
+/// [`q6_k_lanes`] for one activation row (decode): each run of levels meets the activation as
+/// it is made, with nothing unpacked to hold.
+#[inline(always)]
+fn q6_k_lanes_direct(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
+    let ys: &[u8] = bytemuck::cast_slice(&y.qs);
+    let mut acc = [i32x4_splat(0); 2];
+    q6_k_levels(x, |i, level| {
+        let s = quads_u7(level, load16(&ys[16 * i..]), i32x4_splat(0));
+        let scale = i32x4_splat(i32::from(x.scales[i]));
+        acc[i % 2] = i32x4_add(acc[i % 2], i32x4_mul(s, scale));
+    });
     let mut lanes = i32_lanes(acc);
     super::super::dot::q6_k_offsets(x, y, &mut lanes);
     lanes
@@ -1066,7 +1063,7 @@ impl super::RowKernels for Kernels {
         super::super::dot::q5_k_fold(w, y, q5_k_ints)
     }
     fn q6_k(w: &[BlockQ6K], y: &[BlockQ8K], tiled: bool) -> f32 {
-        super::super::dot::q6_k_fold(w, y, tiled, |x, a| q6_k_lanes(&q6_k_unpack(x), x, a))
+        super::super::dot::q6_k_fold(w, y, tiled, q6_k_lanes_direct)
     }
 }
 
