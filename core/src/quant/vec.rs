@@ -252,42 +252,31 @@ pub fn attend(
     w: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend_with::<Reference>(q, head, k, v, w, out);
+    attend_with(&REFERENCE, q, head, k, v, w, out);
 }
 
 /// The vector operations [`attend`] is made of. A level with its own kernels for them shares
 /// the reference's control flow through [`attend_with`].
-pub(crate) trait AttendOps {
-    fn round_f16_slice(x: &mut [f32]);
-    fn decode_f16(src: &[u16], dst: &mut [f32]);
-    fn dot_ggml(x: &[f32], y: &[f32]) -> f32;
-    fn scale(acc: &mut [f32], s: f32, f16: bool);
-    fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool);
+pub(crate) struct AttendOps {
+    pub round_f16_slice: fn(&mut [f32]),
+    pub decode_f16: fn(&[u16], &mut [f32]),
+    pub dot_ggml: fn(&[f32], &[f32]) -> f32,
+    pub scale: fn(&mut [f32], f32, bool),
+    pub mad: fn(&mut [f32], &[f32], f32, bool),
 }
 
 /// This module's functions.
-struct Reference;
+const REFERENCE: AttendOps = AttendOps {
+    round_f16_slice,
+    decode_f16,
+    dot_ggml,
+    scale,
+    mad,
+};
 
-impl AttendOps for Reference {
-    fn round_f16_slice(x: &mut [f32]) {
-        round_f16_slice(x);
-    }
-    fn decode_f16(src: &[u16], dst: &mut [f32]) {
-        decode_f16(src, dst);
-    }
-    fn dot_ggml(x: &[f32], y: &[f32]) -> f32 {
-        dot_ggml(x, y)
-    }
-    fn scale(acc: &mut [f32], s: f32, f16: bool) {
-        scale(acc, s, f16);
-    }
-    fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
-        mad(acc, v, s, f16);
-    }
-}
-
-/// [`attend`] with `O`'s vector operations.
-pub(crate) fn attend_with<O: AttendOps>(
+/// [`attend`] with `ops`' vector operations.
+pub(crate) fn attend_with(
+    ops: &AttendOps,
     q: &mut [f32],
     head: &AttnHead<'_>,
     k: &mut [f32],
@@ -302,14 +291,19 @@ pub(crate) fn attend_with<O: AttendOps>(
     }
     let f16 = !matches!(head.keys, KvRows::F32(_));
     if f16 {
-        O::round_f16_slice(q);
+        (ops.round_f16_slice)(q);
     }
     // Position `t`'s row as f32: f16 rows converted into `scratch`, f32 rows read in place.
-    fn row<'a, O: AttendOps>(rows: KvRows<'a>, at: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+    fn row<'a>(
+        decode_f16: fn(&[u16], &mut [f32]),
+        rows: KvRows<'a>,
+        at: usize,
+        scratch: &'a mut [f32],
+    ) -> &'a [f32] {
         let dim = scratch.len();
         match rows {
             KvRows::F16(c) => {
-                O::decode_f16(&c[at..at + dim], scratch);
+                decode_f16(&c[at..at + dim], scratch);
                 scratch
             }
             KvRows::F32(c) | KvRows::Widened(c) => &c[at..at + dim],
@@ -317,8 +311,8 @@ pub(crate) fn attend_with<O: AttendOps>(
     }
     let (scores, weights) = softmax_scratch(w, head.len);
     for (t, s) in scores.iter_mut().enumerate() {
-        let key = row::<O>(head.keys, t * head.stride + head.offset, k);
-        *s = O::dot_ggml(q, key) * head.scale;
+        let key = row(ops.decode_f16, head.keys, t * head.stride + head.offset, k);
+        *s = (ops.dot_ggml)(q, key) * head.scale;
     }
     exponents(scores, weights);
     expf_slice(weights);
@@ -328,12 +322,17 @@ pub(crate) fn attend_with<O: AttendOps>(
         if s > max {
             ms = e;
             max = s;
-            O::scale(out, ms, f16);
+            (ops.scale)(out, ms, f16);
         } else {
             vs = e;
         }
-        let value = row::<O>(head.values, t * head.stride + head.offset, v);
-        O::mad(out, value, vs, f16);
+        let value = row(
+            ops.decode_f16,
+            head.values,
+            t * head.stride + head.offset,
+            v,
+        );
+        (ops.mad)(out, value, vs, f16);
         sum = crate::quant::fmaf(sum, ms, vs);
     }
     let inv = 1.0 / sum;

@@ -729,25 +729,13 @@ pub(super) fn dot_ggml(x: &[f32], y: &[f32]) -> f32 {
 }
 
 /// This level's kernels for [`vec::attend_with`].
-struct AttendKernels;
-
-impl AttendOps for AttendKernels {
-    fn round_f16_slice(x: &mut [f32]) {
-        round_f16_slice(x);
-    }
-    fn decode_f16(src: &[u16], dst: &mut [f32]) {
-        decode_f16(src, dst);
-    }
-    fn dot_ggml(x: &[f32], y: &[f32]) -> f32 {
-        dot_ggml(x, y)
-    }
-    fn scale(acc: &mut [f32], s: f32, f16: bool) {
-        scale(acc, s, f16);
-    }
-    fn mad(acc: &mut [f32], v: &[f32], s: f32, f16: bool) {
-        mad(acc, v, s, f16);
-    }
-}
+const ATTEND: AttendOps = AttendOps {
+    round_f16_slice,
+    decode_f16,
+    dot_ggml,
+    scale,
+    mad,
+};
 
 /// `vec::attend` with this level's vector kernels.
 pub(super) fn attend(
@@ -758,7 +746,7 @@ pub(super) fn attend(
     w: &mut alloc::vec::Vec<f32>,
     out: &mut [f32],
 ) {
-    vec::attend_with::<AttendKernels>(q, head, k, v, w, out);
+    vec::attend_with(&ATTEND, q, head, k, v, w, out);
 }
 
 /// This level's kernels for the shared row loop.
