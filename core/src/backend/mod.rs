@@ -1,6 +1,6 @@
 //! The compute backends. [`Backend`] is the small set of operations the qwen2 forward pass needs;
 //! `model/qwen2.rs` is written once against it, and each backend (the CPU one here, wgpu later)
-//! implements it.
+//! implements it: [`cpu`] always, [`gpu`] (wgpu) with the `gpu` feature.
 //!
 //! Activations are f32 buffers that live wherever the backend computes (`Backend::Buf`). Weight
 //! matrices keep their stored type (`Backend::Matrix`): the CPU backend borrows them straight
@@ -13,6 +13,9 @@ use crate::Result;
 use crate::dtype::GgmlType;
 
 pub mod cpu;
+pub mod either;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
 mod pool;
 
@@ -101,6 +104,11 @@ pub trait Backend {
 
     /// A short name for reports (`"cpu"`, `"wgpu"`).
     fn name(&self) -> &'static str;
+    /// The most values one buffer may hold. The model sizes its batch so that a batch's logits
+    /// fit (a GPU's storage-binding limit is often 128 MiB, less than 512 rows of logits).
+    fn max_buffer_len(&self) -> usize {
+        usize::MAX
+    }
     /// Takes a weight matrix onto the device.
     fn matrix<'w>(&mut self, data: MatrixData<'w>) -> Result<Self::Matrix<'w>>;
     /// A buffer holding `values`.

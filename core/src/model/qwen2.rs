@@ -4,8 +4,9 @@
 //! over the KV cache, output projection, residual; RMSNorm, SwiGLU FFN, residual. Then the final
 //! norm and the LM head (`output.weight`, or the embedding table when tied).
 //!
-//! Prompts are evaluated in batches of up to [`BATCH`] positions, so each weight row is read once
-//! per batch rather than once per token. Every buffer is allocated when the model is built and
+//! Prompts are evaluated in batches of up to [`BATCH`] positions (fewer where the backend's
+//! buffers are small), so each weight row is read once per batch rather than once per token.
+//! Every buffer is allocated when the model is built and
 //! written in place afterwards.
 
 use alloc::format;
@@ -179,16 +180,16 @@ impl<B: Backend> KvCache<B> {
 
 /// Activations for one batch, allocated once.
 struct Scratch<B: Backend> {
-    x: B::Buf,      // [BATCH, hidden] residual stream
-    xn: B::Buf,     // [BATCH, hidden] normed
-    q: B::Buf,      // [BATCH, hidden]
-    k: B::Buf,      // [BATCH, kv_width]
-    v: B::Buf,      // [BATCH, kv_width]
-    att: B::Buf,    // [BATCH, hidden]
-    proj: B::Buf,   // [BATCH, hidden] attention / FFN output projections
-    gate: B::Buf,   // [BATCH, ffn]
-    up: B::Buf,     // [BATCH, ffn]
-    logits: B::Buf, // [BATCH, vocab]
+    x: B::Buf,      // [batch, hidden] residual stream
+    xn: B::Buf,     // [batch, hidden] normed
+    q: B::Buf,      // [batch, hidden]
+    k: B::Buf,      // [batch, kv_width]
+    v: B::Buf,      // [batch, kv_width]
+    att: B::Buf,    // [batch, hidden]
+    proj: B::Buf,   // [batch, hidden] attention / FFN output projections
+    gate: B::Buf,   // [batch, ffn]
+    up: B::Buf,     // [batch, ffn]
+    logits: B::Buf, // [batch, vocab]
     // One row of a batch of sequences, moved out to attend over its own cache.
     q1: B::Buf,   // [hidden]
     k1: B::Buf,   // [kv_width]
@@ -214,6 +215,7 @@ pub struct Qwen2<'w, B: Backend> {
     lm_head: Option<B::Matrix<'w>>, // [vocab, hidden]; None when tied to `embed`
     output_norm: B::Buf,            // [hidden]
     blocks: Vec<Block<'w, B>>,
+    batch: usize, // positions per step: BATCH, or fewer where the backend's buffers are small
     s: Scratch<B>,
 }
 
@@ -331,17 +333,18 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             });
         }
         let cache = KvCache::new(b, &config, ctx, kv_type)?;
+        let batch = BATCH.min(b.max_buffer_len() / vocab.max(1)).max(1);
         let s = Scratch {
-            x: b.zeros(BATCH * hidden)?,
-            xn: b.zeros(BATCH * hidden)?,
-            q: b.zeros(BATCH * hidden)?,
-            k: b.zeros(BATCH * kv)?,
-            v: b.zeros(BATCH * kv)?,
-            att: b.zeros(BATCH * hidden)?,
-            proj: b.zeros(BATCH * hidden)?,
-            gate: b.zeros(BATCH * ffn)?,
-            up: b.zeros(BATCH * ffn)?,
-            logits: b.zeros(BATCH * vocab)?,
+            x: b.zeros(batch * hidden)?,
+            xn: b.zeros(batch * hidden)?,
+            q: b.zeros(batch * hidden)?,
+            k: b.zeros(batch * kv)?,
+            v: b.zeros(batch * kv)?,
+            att: b.zeros(batch * hidden)?,
+            proj: b.zeros(batch * hidden)?,
+            gate: b.zeros(batch * ffn)?,
+            up: b.zeros(batch * ffn)?,
+            logits: b.zeros(batch * vocab)?,
             q1: b.zeros(hidden)?,
             k1: b.zeros(kv)?,
             v1: b.zeros(kv)?,
@@ -356,6 +359,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             lm_head,
             output_norm,
             blocks,
+            batch,
             s,
         })
     }
@@ -378,6 +382,17 @@ impl<'w, B: Backend> Qwen2<'w, B> {
     /// Positions the KV cache holds.
     pub fn context_size(&self) -> usize {
         self.ctx
+    }
+
+    /// The backend, to ask it for its own measurements.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Positions evaluated per step: [`BATCH`], or fewer where the backend's buffers cannot hold
+    /// that many rows of logits.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// Positions already evaluated (the next token goes at this position).
@@ -464,7 +479,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             Logits::Last => vocab,
             Logits::All => tokens.len() * vocab,
         });
-        let chunks = tokens.chunks(BATCH);
+        let chunks = tokens.chunks(self.batch);
         let last = chunks.len() - 1;
         for (c, chunk) in chunks.enumerate() {
             let rows = chunk.len();
@@ -491,11 +506,12 @@ impl<'w, B: Backend> Qwen2<'w, B> {
         tokens: &[u32],
         caches: &mut [&mut KvCache<B>],
     ) -> Result<Vec<f32>> {
-        if tokens.is_empty() || tokens.len() > BATCH || tokens.len() != caches.len() {
+        if tokens.is_empty() || tokens.len() > self.batch || tokens.len() != caches.len() {
             return Err(Error::Invalid(format!(
-                "{} tokens for {} caches: one token per cache, 1 to {BATCH}",
+                "{} tokens for {} caches: one token per cache, 1 to {}",
                 tokens.len(),
-                caches.len()
+                caches.len(),
+                self.batch
             )));
         }
         for cache in caches.iter() {
