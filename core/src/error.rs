@@ -52,6 +52,10 @@ pub enum Error {
     /// A known format this build cannot read yet.
     #[error("{0} files are recognised but cannot be read yet")]
     Unsupported(Format),
+    /// The GPU backend cannot run, or failed.
+    #[cfg(feature = "gpu")]
+    #[error(transparent)]
+    Gpu(crate::backend::gpu::GpuError),
     /// An I/O error opening or mapping a file.
     #[cfg(feature = "std")]
     #[error(transparent)]

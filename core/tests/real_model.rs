@@ -1,31 +1,16 @@
 //! Parity with llama.cpp on the real model (`../shared/reference` copies live in
 //! `tests/reference/`). Ignored by default; CI runs them after `scripts/fetch_model.py`.
 
+#[path = "common/real.rs"]
+mod real;
+
 use std::path::PathBuf;
+
+use real::{real_model, reference};
 
 use apr_core::backend::cpu::Cpu;
 use apr_core::file::MappedFile;
 use apr_core::model::{Logits, Qwen2};
-
-fn real_model() -> PathBuf {
-    let out = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/fetch_model.py"
-        ))
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn reference(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reference")).join(name)
-}
 
 /// First-position logits of prompt (b) against llama.cpp's whole logit vector: within 0.1 (the
 /// issue's bar). The CPU backend follows llama.cpp's x86 arithmetic operation for operation

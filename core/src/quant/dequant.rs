@@ -190,7 +190,7 @@ fn q3_k(b: &BlockQ3K, y: &mut [f32; QK_K]) {
 }
 
 /// `get_scale_min_k4`: scale and min of group `j` of a Q4_K/Q5_K block.
-pub(super) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

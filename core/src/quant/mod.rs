@@ -9,6 +9,8 @@
 
 pub mod blocks;
 mod dequant;
+#[cfg(feature = "gpu")]
+pub(crate) use dequant::scale_min_k4;
 pub mod dot;
 mod quantize;
 pub mod simd;
