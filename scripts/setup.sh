@@ -5,7 +5,8 @@
 #   scripts/setup.sh          the toolchain pieces and the model
 #   scripts/setup.sh --web    also what building the web app needs (trunk, wasm-bindgen, wasm-opt)
 #   scripts/setup.sh --tests  all of that, and what the test suite needs (Python test packages,
-#                             headless Chromium and playwright-core for the browser tests)
+#                             headless Chromium and playwright-core for the browser tests,
+#                             Mesa's lavapipe Vulkan driver for the GPU tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,6 +104,17 @@ if $want_tests && ! command -v chromium >/dev/null 2>&1; then
         apt-get update -qq && apt-get install -y -qq chromium >/dev/null
     else
         say "the browser tests need Chromium at /usr/bin/chromium; install it, then run this again"
+        exit 1
+    fi
+fi
+
+# The GPU backend's tests run on lavapipe, Mesa's Vulkan driver on the CPU (CI has no GPU).
+if $want_tests && [[ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json && ! -e /usr/share/vulkan/icd.d/lvp_icd.aarch64.json ]]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        say "installing Mesa's Vulkan drivers (lavapipe) and the Vulkan loader (the GPU tests)"
+        apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+    else
+        say "the GPU tests need a Vulkan driver (Mesa's lavapipe: mesa-vulkan-drivers); install it, then run this again"
         exit 1
     fi
 fi

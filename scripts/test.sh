@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --tests
+# Mesa's Vulkan driver (the GPU tests) wants a runtime directory.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
 # Each step says when it starts (minutes into the run), so a slow run shows where it went.
 SECONDS=0

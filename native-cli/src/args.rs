@@ -80,6 +80,24 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: EvalCommand,
     },
+    /// GPU tools: `apr gpu list` shows the adapters --gpu can use.
+    Gpu {
+        #[command(subcommand)]
+        command: GpuCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GpuCommand {
+    /// List the GPU adapters wgpu finds (Vulkan, Metal, DX12) with their limits and features.
+    List(GpuListArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GpuListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,12 +120,33 @@ pub(crate) struct EngineArgs {
     /// or f32.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     pub(crate) kv_type: String,
+    /// Run on the GPU through wgpu (Vulkan, Metal or DX12). With no usable adapter this fails:
+    /// it never runs on the CPU instead.
+    #[arg(long, conflicts_with = "threads")]
+    pub(crate) gpu: bool,
+    /// The GPU adapter whose name contains NAME, any case (see `apr gpu list`); implies --gpu.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) gpu_adapter: Option<String>,
 }
 
 impl EngineArgs {
     /// The KV cache type asked for.
     pub(crate) fn kv(&self) -> apr_core::backend::KvType {
         self.kv_type.parse().unwrap_or_default()
+    }
+
+    /// Where the model runs.
+    pub(crate) fn device(&self) -> crate::commands::model::Device {
+        use crate::commands::model::Device;
+        if self.gpu || self.gpu_adapter.is_some() {
+            Device::Gpu {
+                adapter: self.gpu_adapter.clone(),
+            }
+        } else {
+            Device::Cpu {
+                threads: crate::commands::model::threads(self.threads),
+            }
+        }
     }
 }
 
@@ -300,6 +339,13 @@ pub(crate) struct ServeArgs {
     /// How the KV cache stores keys and values [default: f16].
     #[arg(long, value_parser = ["f16", "f32"])]
     pub(crate) kv_type: Option<String>,
+    /// Run on the GPU through wgpu (Vulkan, Metal or DX12); with no usable adapter the server
+    /// does not start.
+    #[arg(long, conflicts_with = "threads")]
+    pub(crate) gpu: bool,
+    /// The GPU adapter whose name contains NAME, any case (see `apr gpu list`); implies --gpu.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) gpu_adapter: Option<String>,
     /// Seconds that running requests get to finish after SIGTERM [default: 30].
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub(crate) drain_timeout: Option<u32>,

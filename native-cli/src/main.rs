@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command, EvalCommand, RosettaCommand};
+use crate::args::{Cli, Command, EvalCommand, GpuCommand, RosettaCommand};
 
 fn main() -> ExitCode {
     system::fix_mmap_threshold();
@@ -39,6 +39,9 @@ fn main() -> ExitCode {
         Command::Eval {
             command: EvalCommand::Perplexity(args),
         } => commands::eval::perplexity(args),
+        Command::Gpu {
+            command: GpuCommand::List(args),
+        } => commands::gpu::list(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

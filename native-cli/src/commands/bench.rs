@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use crate::commands::model::Engine;
 use anyhow::{Result, bail};
-use apr_core::backend::cpu::Cpu;
 use apr_core::generate::{GenerateParams, Session, Timings};
 use apr_core::sample::SamplerConfig;
 use serde::Serialize;
@@ -33,7 +33,11 @@ pub(crate) struct Run {
 
 /// Generates exactly `tokens` greedy tokens after `prompt` from an empty cache (the end of
 /// generation token does not stop it, so every run does the same work) and times it.
-pub(crate) fn timed(session: &mut Session<'_, Cpu>, prompt: &[u32], tokens: usize) -> Result<Run> {
+pub(crate) fn timed(
+    session: &mut Session<'_, Engine>,
+    prompt: &[u32],
+    tokens: usize,
+) -> Result<Run> {
     if tokens == 0 {
         bail!("a timed run must generate at least one token");
     }

@@ -60,7 +60,14 @@ pub(crate) fn perplexity(args: PerplexityArgs) -> Result<()> {
             tokens.len()
         );
     }
-    let mut qwen = model::load(&parsed, model::threads(args.threads), ctx, KvType::F16)?;
+    let mut qwen = model::load(
+        &parsed,
+        &model::Device::Cpu {
+            threads: model::threads(args.threads),
+        },
+        ctx,
+        KvType::F16,
+    )?;
     let vocab = qwen.config().vocab;
     let first = ctx / 2;
     let start = Instant::now();

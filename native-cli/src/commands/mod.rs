@@ -5,6 +5,7 @@ pub(crate) mod chat;
 pub(crate) mod check;
 pub(crate) mod convert;
 pub(crate) mod eval;
+pub(crate) mod gpu;
 pub(crate) mod import;
 pub(crate) mod inspect;
 pub(crate) mod model;

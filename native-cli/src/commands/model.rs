@@ -1,5 +1,5 @@
 //! What the inference commands share: finding the model (a path or `hf://`), mapping it, and
-//! building the tokenizer and the CPU model over the mapped bytes.
+//! building the tokenizer and the model over the mapped bytes, on the CPU or (`--gpu`) the GPU.
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use apr_core::backend::KvType;
 use apr_core::backend::cpu::Cpu;
+use apr_core::backend::either::Either;
+use apr_core::backend::gpu::{Gpu, GpuOptions};
 use apr_core::file::MappedFile;
 use apr_core::format::model::ModelFile;
 use apr_core::generate::{GenerateParams, Outcome, Session};
@@ -73,14 +75,86 @@ pub(crate) fn threads(flag: Option<u16>) -> usize {
     flag.map_or_else(crate::system::physical_cores, usize::from)
 }
 
-/// The model on the CPU, with a KV cache of `ctx` positions stored as `kv`.
+/// The backend the commands run on: the CPU, or the GPU with `--gpu`.
+pub(crate) type Engine = Either<Cpu, Gpu>;
+
+/// Where the model runs, as the flags say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Device {
+    /// The CPU with this many threads.
+    Cpu { threads: usize },
+    /// The GPU: the adapter whose name contains this, or wgpu's preferred one.
+    Gpu { adapter: Option<String> },
+}
+
+impl Device {
+    /// The backend, with the GPU's adapter named on stderr. A GPU that cannot be opened is an
+    /// error that says what was tried; nothing falls back to the CPU.
+    pub(crate) fn backend(&self) -> Result<Engine> {
+        Ok(match self {
+            Self::Cpu { threads } => Either::Left(Cpu::new(*threads)),
+            Self::Gpu { adapter } => {
+                let gpu = Gpu::open(&GpuOptions {
+                    adapter: adapter.clone(),
+                    ..GpuOptions::default()
+                })
+                .context("--gpu: cannot run on the GPU")?;
+                eprintln!("apr: GPU: {}", gpu.adapter().describe());
+                Either::Right(gpu)
+            }
+        })
+    }
+}
+
+/// Where a benchmark ran, as its JSON records it: the CPU's threads and SIMD level, or the GPU
+/// adapter (with what one decode step costs it, where measured).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct BackendInfo {
+    /// `cpu` or `wgpu`.
+    pub(crate) backend: &'static str,
+    /// CPU threads (CPU only).
+    pub(crate) threads: Option<usize>,
+    /// The CPU's SIMD level (CPU only).
+    pub(crate) simd: Option<&'static str>,
+    /// The GPU adapter (GPU only).
+    pub(crate) gpu: Option<apr_core::backend::gpu::AdapterSummary>,
+}
+
+impl BackendInfo {
+    pub(crate) fn of(backend: &Engine) -> Self {
+        match backend {
+            Either::Left(cpu) => Self {
+                backend: "cpu",
+                threads: Some(cpu.threads()),
+                simd: Some(cpu.isa().name()),
+                gpu: None,
+            },
+            Either::Right(gpu) => Self {
+                backend: "wgpu",
+                threads: None,
+                simd: None,
+                gpu: Some(gpu.adapter().clone()),
+            },
+        }
+    }
+}
+
+/// What a backend is, for reports: `"2 threads, avx512"` or the GPU adapter.
+pub(crate) fn describe(backend: &Engine) -> String {
+    match backend {
+        Either::Left(cpu) => format!("{} threads, {}", cpu.threads(), cpu.isa().name()),
+        Either::Right(gpu) => format!("GPU {}", gpu.adapter().describe()),
+    }
+}
+
+/// The model on `device`, with a KV cache of `ctx` positions stored as `kv`.
 pub(crate) fn load<'w>(
     model: &ModelFile<'w>,
-    threads: usize,
+    device: &Device,
     ctx: usize,
     kv: KvType,
-) -> Result<Qwen2<'w, Cpu>> {
-    Qwen2::load_with_cache(model, Cpu::new(threads), ctx, kv).context("cannot load the model")
+) -> Result<Qwen2<'w, Engine>> {
+    Qwen2::load_with_cache(model, device.backend()?, ctx, kv).context("cannot load the model")
 }
 
 /// A generation session and how long loading took.
@@ -88,11 +162,11 @@ pub(crate) fn session<'w>(
     model: &ModelFile<'w>,
     engine: &EngineArgs,
     started: Instant,
-) -> Result<(Session<'w, Cpu>, Duration)> {
+) -> Result<(Session<'w, Engine>, Duration)> {
     let tokenizer = tokenizer(model)?;
     let qwen = load(
         model,
-        threads(engine.threads),
+        &engine.device(),
         engine.ctx_size as usize,
         engine.kv(),
     )?;
@@ -126,7 +200,7 @@ pub(crate) fn sampler(args: &SamplingArgs) -> Result<SamplerConfig> {
 /// newline at the end). Generation stops early when `stop` is set (Ctrl-C) or stdout fails.
 /// Returns the outcome and when the first token came.
 pub(crate) fn generate_to_stdout(
-    session: &mut Session<'_, Cpu>,
+    session: &mut Session<'_, Engine>,
     ids: &[u32],
     params: &GenerateParams,
     print: bool,

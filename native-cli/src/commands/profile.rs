@@ -23,8 +23,10 @@ struct Profile {
     max_tokens: usize,
     iterations: u32,
     warmup: u32,
-    threads: usize,
-    simd: &'static str,
+    #[serde(flatten)]
+    backend: model::BackendInfo,
+    #[serde(skip)]
+    device: String,
     kv_type: &'static str,
     load_ms: f64,
     /// Request start to the last token.
@@ -95,8 +97,8 @@ pub(crate) fn run(args: ProfileArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         iterations: args.iterations,
         warmup: args.warmup,
-        threads: session.model().backend().threads(),
-        simd: session.model().backend().isa().name(),
+        backend: model::BackendInfo::of(session.model().backend()),
+        device: model::describe(session.model().backend()),
         kv_type: session.model().kv_type().name(),
         load_ms: load.as_secs_f64() * 1e3,
         request_ms: of(runs.iter().map(|r| r.total_ms).collect())?,
@@ -118,8 +120,8 @@ fn table(p: &Profile) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{} requests: {} prompt + {} generated tokens, {} threads, {}, KV cache {}",
-        p.iterations, p.prompt_tokens, p.max_tokens, p.threads, p.simd, p.kv_type
+        "{} requests: {} prompt + {} generated tokens, {}, KV cache {}",
+        p.iterations, p.prompt_tokens, p.max_tokens, p.device, p.kv_type
     );
     let _ = writeln!(
         t,

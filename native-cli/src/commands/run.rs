@@ -5,8 +5,8 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::commands::model::Engine;
 use anyhow::{Context, Result, bail};
-use apr_core::backend::cpu::Cpu;
 use apr_core::chat_template::{ChatTemplate, Message, Role};
 use apr_core::generate::{GenerateParams, Outcome, Session, Timings};
 use serde::Serialize;
@@ -54,10 +54,10 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let mut load_ms = load.as_secs_f64() * 1e3;
     if !args.quiet && !args.json {
         eprintln!(
-            "apr: loaded {} ({} layers, {} threads, context {}) in {:.2} s",
+            "apr: loaded {} ({} layers, {}, context {}) in {:.2} s",
             opened.file.path().display(),
             session.model().config().layers,
-            session.model().backend().threads(),
+            model::describe(session.model().backend()),
             session.model().context_size(),
             load.as_secs_f64()
         );
@@ -120,7 +120,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
 
 /// Generates for one prompt text, streaming to stdout unless `--json`.
 fn generate_one(
-    session: &mut Session<'_, Cpu>,
+    session: &mut Session<'_, Engine>,
     text: &str,
     params: &GenerateParams,
     args: &RunArgs,

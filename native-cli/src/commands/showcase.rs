@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use apr_core::backend::either::Either;
+use apr_core::backend::gpu::GpuStats;
 use apr_core::generate::Session;
+use apr_core::model::Logits;
 use serde::Serialize;
 
 use super::bench::{self, Run, Stats};
@@ -39,6 +42,24 @@ struct Report {
     runs: Vec<Run>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sweep: Option<Vec<SweepPoint>>,
+    /// On the GPU: what one decode step (one token after an empty cache) costs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_per_token: Option<GpuStats>,
+}
+
+/// One decode step's GPU work, counted by the backend: `None` on the CPU.
+fn gpu_step(session: &mut Session<'_, model::Engine>, token: u32) -> Result<Option<GpuStats>> {
+    let model = session.model_mut();
+    let Either::Right(gpu) = model.backend_mut() else {
+        return Ok(None);
+    };
+    gpu.take_stats();
+    model.truncate(0);
+    model.forward(&[token], Logits::Last)?;
+    let Either::Right(gpu) = model.backend_mut() else {
+        return Ok(None);
+    };
+    Ok(Some(gpu.take_stats()))
 }
 
 #[derive(Debug, Serialize)]
@@ -56,9 +77,10 @@ struct SystemInfo {
     cpu: String,
     os: &'static str,
     arch: &'static str,
-    threads: usize,
     physical_cores: usize,
-    simd: &'static str,
+    /// Where the model ran: CPU threads and SIMD level, or the GPU adapter.
+    #[serde(flatten)]
+    backend: model::BackendInfo,
     apr_version: &'static str,
     git_revision: &'static str,
 }
@@ -92,12 +114,12 @@ struct SweepPoint {
 }
 
 /// Maps, parses and builds the model and its tokenizer, returning how long it took.
-fn load_once(args: &ShowcaseArgs, threads: usize, ctx: usize) -> Result<f64> {
+fn load_once(args: &ShowcaseArgs, device: &model::Device, ctx: usize) -> Result<f64> {
     let started = Instant::now();
     let opened = model::open(&args.model)?;
     let parsed = opened.parse()?;
     let tokenizer = model::tokenizer(&parsed)?;
-    let qwen = model::load(&parsed, threads, ctx, args.engine.kv())?;
+    let qwen = model::load(&parsed, device, ctx, args.engine.kv())?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     drop((qwen, tokenizer));
     Ok(ms)
@@ -105,7 +127,10 @@ fn load_once(args: &ShowcaseArgs, threads: usize, ctx: usize) -> Result<f64> {
 
 pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
     let path = model::resolve(&args.model)?;
-    let threads = model::threads(args.engine.threads);
+    let device = args.engine.device();
+    if args.sweep && matches!(device, model::Device::Gpu { .. }) {
+        bail!("--sweep studies decode speed against CPU threads; it does not apply to --gpu");
+    }
     let (prompt_tokens, gen_tokens) = (args.prompt_tokens as usize, args.gen_tokens as usize);
     let ctx = args.engine.ctx_size as usize;
     if prompt_tokens + gen_tokens > ctx {
@@ -119,7 +144,7 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
 
     eprintln!("apr: loading {} cold, then warm", path.display());
     let cold_ms = if system::evict_page_cache(&path) {
-        Some(load_once(&args, threads, ctx)?)
+        Some(load_once(&args, &device, ctx)?)
     } else {
         None
     };
@@ -127,16 +152,16 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
     let opened = model::open(&args.model)?;
     let parsed = opened.parse()?;
     let tokenizer = model::tokenizer(&parsed)?;
-    let qwen = model::load(&parsed, threads, ctx, args.engine.kv())?;
+    let qwen = model::load(&parsed, &device, ctx, args.engine.kv())?;
     let warm_ms = started.elapsed().as_secs_f64() * 1e3;
     let config = qwen.config().clone();
-    let simd = qwen.backend().isa().name();
-    let threads = qwen.backend().threads();
+    let backend = model::BackendInfo::of(qwen.backend());
+    let described = model::describe(qwen.backend());
     let mut session = Session::new(qwen, tokenizer);
     let prompt = bench::synthetic_prompt(session.tokenizer(), prompt_tokens)?;
 
     eprintln!(
-        "apr: {} warm-up and {} timed runs of {prompt_tokens} prompt + {gen_tokens} generated tokens, {threads} threads, {simd}",
+        "apr: {} warm-up and {} timed runs of {prompt_tokens} prompt + {gen_tokens} generated tokens, {described}",
         args.warmup, args.iterations
     );
     for _ in 0..args.warmup {
@@ -161,10 +186,11 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
     let prefill = series(|r| r.prefill_tokens_per_s)?;
     let decode = series(|r| r.decode_tokens_per_s)?;
     let peak_rss_bytes = system::peak_rss();
+    let gpu_per_token = gpu_step(&mut session, prompt[0])?;
     drop(session);
 
     let sweep = if args.sweep {
-        Some(sweep(&args, &parsed, threads)?)
+        Some(sweep(&args, &parsed, backend.threads.unwrap_or(1))?)
     } else {
         None
     };
@@ -183,9 +209,8 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
             cpu: system::cpu_model(),
             os: std::env::consts::OS,
             arch: std::env::consts::ARCH,
-            threads,
             physical_cores: system::physical_cores(),
-            simd,
+            backend,
             apr_version: env!("CARGO_PKG_VERSION"),
             git_revision: system::GIT_REVISION,
         },
@@ -205,6 +230,7 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
         peak_rss_bytes,
         runs,
         sweep,
+        gpu_per_token,
     };
     print!("{}", table(&report));
     if let Some(out) = &args.output {
@@ -242,11 +268,28 @@ fn table(r: &Report) -> String {
         "model        {} ({}, {} bytes)",
         r.model.path, r.model.format, r.model.file_bytes
     );
+    let ran_on = match (&r.system.backend.gpu, r.system.backend.threads) {
+        (Some(gpu), _) => format!("GPU {}", gpu.describe()),
+        (None, threads) => format!(
+            "{} threads, {}",
+            threads.unwrap_or(1),
+            r.system.backend.simd.unwrap_or("scalar")
+        ),
+    };
     let _ = writeln!(
         t,
-        "machine      {}, {} threads, {}, apr {} ({})",
-        r.system.cpu, r.system.threads, r.system.simd, r.system.apr_version, r.system.git_revision
+        "machine      {}, {ran_on}, apr {} ({})",
+        r.system.cpu, r.system.apr_version, r.system.git_revision
     );
+    if let Some(g) = &r.gpu_per_token {
+        let _ = writeln!(
+            t,
+            "gpu/token    {} dispatches, {:.1} MiB of weights, {} bytes read back",
+            g.dispatches,
+            g.weight_bytes as f64 / (1 << 20) as f64,
+            g.read_bytes
+        );
+    }
     let _ = writeln!(
         t,
         "load         cold {}, warm {}",
@@ -299,7 +342,12 @@ fn sweep(
     let mut points = Vec::new();
     for &t in &counts {
         let tokenizer = model::tokenizer(parsed)?;
-        let qwen = model::load(parsed, t, ctx, args.engine.kv())?;
+        let qwen = model::load(
+            parsed,
+            &model::Device::Cpu { threads: t },
+            ctx,
+            args.engine.kv(),
+        )?;
         let mut session = Session::new(qwen, tokenizer);
         let prompt = bench::synthetic_prompt(session.tokenizer(), max_depth)?;
         for &depth in &SWEEP_DEPTHS {

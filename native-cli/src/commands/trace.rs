@@ -127,12 +127,7 @@ pub(crate) fn run(args: TraceArgs) -> Result<()> {
         bail!("the prompt is empty: nothing to trace");
     }
     let ctx = (args.engine.ctx_size as usize).max(ids.len());
-    let mut qwen = model::load(
-        &parsed,
-        model::threads(args.engine.threads),
-        ctx,
-        args.engine.kv(),
-    )?;
+    let mut qwen = model::load(&parsed, &args.engine.device(), ctx, args.engine.kv())?;
     let mut rec = Recorder::default();
     let start = Instant::now();
     let logits = qwen.forward_observed(&ids, Logits::Last, Some(&mut rec))?;

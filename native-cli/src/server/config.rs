@@ -8,6 +8,7 @@ use apr_core::backend::KvType;
 use serde::Deserialize;
 
 use crate::args::ServeArgs;
+use crate::commands::model::Device;
 
 /// The settings the server runs with.
 #[derive(Debug, Clone)]
@@ -20,7 +21,7 @@ pub(crate) struct ServeConfig {
     pub(crate) parallel: usize,
     pub(crate) max_queue: usize,
     pub(crate) cors_origins: Vec<String>,
-    pub(crate) threads: usize,
+    pub(crate) device: crate::commands::model::Device,
     pub(crate) kv_type: KvType,
     pub(crate) drain_timeout: Duration,
 }
@@ -45,6 +46,9 @@ struct FileConfig {
     threads: Option<u16>,
     #[serde(alias = "kv_type")]
     kv_type: Option<String>,
+    gpu: Option<bool>,
+    #[serde(alias = "gpu_adapter")]
+    gpu_adapter: Option<String>,
     #[serde(alias = "drain_timeout")]
     drain_timeout: Option<u32>,
 }
@@ -92,6 +96,24 @@ impl ServeConfig {
         } else {
             args.cors_origin
         };
+        let threads = args
+            .threads
+            .or(file.threads)
+            .map(|t| in_range("threads", t, 1, 1024))
+            .transpose()?;
+        let gpu_adapter = args.gpu_adapter.or(file.gpu_adapter);
+        let device = if args.gpu || file.gpu == Some(true) || gpu_adapter.is_some() {
+            if threads.is_some() {
+                bail!("--threads is for the CPU: it cannot go with --gpu");
+            }
+            Device::Gpu {
+                adapter: gpu_adapter,
+            }
+        } else {
+            Device::Cpu {
+                threads: crate::commands::model::threads(threads),
+            }
+        };
         Ok(Self {
             model,
             host: args
@@ -119,12 +141,7 @@ impl ServeConfig {
                 65_536,
             )? as usize,
             cors_origins,
-            threads: crate::commands::model::threads(
-                args.threads
-                    .or(file.threads)
-                    .map(|t| in_range("threads", t, 1, 1024))
-                    .transpose()?,
-            ),
+            device,
             kv_type: kv_type
                 .parse()
                 .map_err(|_| anyhow::anyhow!("kv-type = {kv_type:?}: use f16 or f32"))?,

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::commands::model::Engine as Backend;
 use anyhow::{Context, Result, anyhow};
-use apr_core::backend::cpu::Cpu;
 use apr_core::chat_template::ChatTemplate;
 use apr_core::generate::{GenerateParams, Generation, Outcome, Session, Slot, Timings, Token};
 use apr_core::info::ModelInfo;
@@ -65,6 +65,8 @@ pub(crate) struct Loaded {
     pub(crate) created: u64,
     /// Positions each slot holds.
     pub(crate) ctx: usize,
+    /// Where the model runs (`model::describe`).
+    pub(crate) backend: String,
 }
 
 /// Starts the engine thread. It loads the model, reports the result through `ready`, then
@@ -104,7 +106,7 @@ fn run(
     };
     let built = (|| -> Result<(Engine<'_>, Arc<Loaded>)> {
         let tokenizer = model::tokenizer(&parsed)?;
-        let qwen = model::load(&parsed, config.threads, config.ctx_size, config.kv_type)?;
+        let qwen = model::load(&parsed, &config.device, config.ctx_size, config.kv_type)?;
         let mut session = Session::new(qwen, tokenizer.clone());
         let store = (0..config.parallel)
             .map(|_| session.new_slot())
@@ -124,6 +126,7 @@ fn run(
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs()),
             ctx: config.ctx_size,
+            backend: model::describe(session.model().backend()),
         };
         let engine = Engine {
             session,
@@ -157,10 +160,10 @@ struct Running {
 }
 
 struct Engine<'m> {
-    session: Session<'m, Cpu>,
+    session: Session<'m, Backend>,
     /// Every slot's cache. The session's own cache only stands in while a slot's prompt is
     /// evaluated in it.
-    store: Vec<Slot<Cpu>>,
+    store: Vec<Slot<Backend>>,
     busy: Vec<bool>,
     metrics: &'m Metrics,
 }
@@ -199,7 +202,7 @@ impl Engine<'_> {
             self.metrics.cancelled();
             self.busy[r.slot] = false;
         }
-        let mut slots: Vec<Option<&mut Slot<Cpu>>> = self.store.iter_mut().map(Some).collect();
+        let mut slots: Vec<Option<&mut Slot<Backend>>> = self.store.iter_mut().map(Some).collect();
         let mut batch: Vec<_> = running
             .iter_mut()
             .filter_map(|r| Some((slots.get_mut(r.slot)?.take()?, &mut r.generation)))
@@ -247,7 +250,7 @@ impl Engine<'_> {
 
     /// The free slot whose cache shares the longest prefix with `prompt`.
     fn pick_slot(&self, prompt: &[u32]) -> Option<usize> {
-        let shared = |slot: &Slot<Cpu>| {
+        let shared = |slot: &Slot<Backend>| {
             slot.tokens()
                 .iter()
                 .zip(prompt)

@@ -109,7 +109,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
                 loading = false;
                 match loaded {
                     Ok(Ok(loaded)) => {
-                        eprintln!("apr: model loaded: {} ({} threads)", loaded.id, config.threads);
+                        eprintln!("apr: model loaded: {} ({})", loaded.id, loaded.backend);
                         state.set_loaded(loaded);
                     }
                     Ok(Err(e)) => return Err(e),
