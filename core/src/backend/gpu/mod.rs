@@ -901,30 +901,59 @@ impl Backend for Gpu {
     }
 
     fn matmul(&mut self, w: &GpuMatrix, x: &GpuBuf, rows: usize, out: &mut GpuBuf) -> Result<()> {
-        need(x.len, rows * w.cols, &w.name)?;
-        need(out.len, rows * w.rows, &w.name)?;
-        let quantized = match w.act {
-            Some(levels) => Some(self.quantize_act(x, rows * w.cols, levels)?),
-            None => None,
-        };
-        let x = quantized.as_ref().map_or(&x.bound, |q| &q.bound);
-        for part in &w.parts {
-            let params = [
-                u32_of(rows)?,
-                u32_of(part.rows)?,
-                u32_of(w.cols)?,
-                u32_of(part.row0)?,
-                u32_of(w.rows)?,
-            ];
-            let [l, s, h] = &part.planes;
-            self.dispatch(
-                Kernel::Matmul(w.layout, pipelines::matmul_threads(w.cols / CHUNK)),
-                &params,
-                None,
-                &[x, &out.bound, l, s, h],
-                grid(part.rows, 1)?,
-            )?;
-            self.stats.weight_bytes += part.bytes;
+        self.matmuls(&[w], x, rows, &mut [out])
+    }
+
+    /// The input is quantized once for every matrix that wants the same levels (query, key
+    /// and value; gate and up).
+    fn matmuls(
+        &mut self,
+        ws: &[&GpuMatrix],
+        x: &GpuBuf,
+        rows: usize,
+        outs: &mut [&mut GpuBuf],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(Error::Invalid(alloc::format!(
+                "internal: {} matrices but {} outputs",
+                ws.len(),
+                outs.len()
+            )));
+        }
+        let mut quantized: Option<(ActLevels, GpuBuf)> = None;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            need(x.len, rows * w.cols, &w.name)?;
+            need(out.len, rows * w.rows, &w.name)?;
+            let input = match w.act {
+                None => x.bound.clone(),
+                Some(levels) => match &quantized {
+                    Some((done, q)) if *done == levels => q.bound.clone(),
+                    _ => {
+                        let q = self.quantize_act(x, rows * w.cols, levels)?;
+                        let bound = q.bound.clone();
+                        quantized = Some((levels, q));
+                        bound
+                    }
+                },
+            };
+            for part in &w.parts {
+                let params = [
+                    u32_of(rows)?,
+                    u32_of(part.rows)?,
+                    u32_of(w.cols)?,
+                    u32_of(part.row0)?,
+                    u32_of(w.rows)?,
+                ];
+                let [l, s, h] = &part.planes;
+                self.dispatch(
+                    Kernel::Matmul(w.layout, pipelines::matmul_threads(w.cols / CHUNK)),
+                    &params,
+                    None,
+                    &[&input, &out.bound, l, s, h],
+                    grid(part.rows, 1)?,
+                )?;
+                self.stats.weight_bytes += part.bytes;
+            }
         }
         Ok(())
     }
