@@ -529,35 +529,13 @@ impl Backend for Cpu {
     }
 
     fn matrix<'w>(&mut self, data: MatrixData<'w>) -> Result<CpuMatrix<'w>> {
-        let bad = |why: alloc::string::String| {
-            Error::Invalid(alloc::format!("tensor {}: {why}", data.name))
-        };
         if !crate::quant::can_dequantize(data.dtype) {
-            return Err(bad(alloc::format!(
+            return Err(data.error(alloc::format!(
                 "{} weights cannot be computed with",
                 data.dtype
             )));
         }
-        let row_bytes = data
-            .dtype
-            .bytes_for(data.cols as u64)
-            .filter(|_| (data.cols as u64).is_multiple_of(data.dtype.block_size()))
-            .ok_or_else(|| {
-                bad(alloc::format!(
-                    "rows of {} values are not whole {} blocks",
-                    data.cols,
-                    data.dtype
-                ))
-            })? as usize;
-        if row_bytes.checked_mul(data.rows) != Some(data.bytes.len()) {
-            return Err(bad(alloc::format!(
-                "{} bytes do not hold {}x{} {} values",
-                data.bytes.len(),
-                data.rows,
-                data.cols,
-                data.dtype
-            )));
-        }
+        let row_bytes = data.row_bytes()?;
         Ok(CpuMatrix { data, row_bytes })
     }
 

@@ -22,6 +22,11 @@ fn mixed(op: &str) -> Error {
     ))
 }
 
+/// Every item's value on one side, or an error when one is from the other side.
+fn sides<T>(items: impl Iterator<Item = Option<T>>) -> Result<alloc::vec::Vec<T>> {
+    items.map(|i| i.ok_or_else(|| mixed("matmuls"))).collect()
+}
+
 /// Runs `$body` with `$b` bound to the backend and each `$v` to its side's value, or fails when
 /// the values come from the other side.
 macro_rules! both {
@@ -124,37 +129,25 @@ impl<L: Backend, R: Backend> Backend for Either<L, R> {
         // Unwrapped into the side's own lists, so its batched implementation runs.
         match (self, x) {
             (Self::Left(b), Either::Left(x)) => {
-                let ws = ws
-                    .iter()
-                    .map(|w| match w {
-                        Either::Left(w) => Ok(w),
-                        Either::Right(_) => Err(mixed("matmuls")),
-                    })
-                    .collect::<Result<alloc::vec::Vec<_>>>()?;
-                let mut outs = outs
-                    .iter_mut()
-                    .map(|o| match &mut **o {
-                        Either::Left(o) => Ok(o),
-                        Either::Right(_) => Err(mixed("matmuls")),
-                    })
-                    .collect::<Result<alloc::vec::Vec<_>>>()?;
+                let ws = sides(ws.iter().map(|w| match w {
+                    Either::Left(w) => Some(w),
+                    Either::Right(_) => None,
+                }))?;
+                let mut outs = sides(outs.iter_mut().map(|o| match &mut **o {
+                    Either::Left(o) => Some(o),
+                    Either::Right(_) => None,
+                }))?;
                 b.matmuls(&ws, x, rows, &mut outs)
             }
             (Self::Right(b), Either::Right(x)) => {
-                let ws = ws
-                    .iter()
-                    .map(|w| match w {
-                        Either::Right(w) => Ok(w),
-                        Either::Left(_) => Err(mixed("matmuls")),
-                    })
-                    .collect::<Result<alloc::vec::Vec<_>>>()?;
-                let mut outs = outs
-                    .iter_mut()
-                    .map(|o| match &mut **o {
-                        Either::Right(o) => Ok(o),
-                        Either::Left(_) => Err(mixed("matmuls")),
-                    })
-                    .collect::<Result<alloc::vec::Vec<_>>>()?;
+                let ws = sides(ws.iter().map(|w| match w {
+                    Either::Right(w) => Some(w),
+                    Either::Left(_) => None,
+                }))?;
+                let mut outs = sides(outs.iter_mut().map(|o| match &mut **o {
+                    Either::Right(o) => Some(o),
+                    Either::Left(_) => None,
+                }))?;
                 b.matmuls(&ws, x, rows, &mut outs)
             }
             _ => Err(mixed("matmuls")),

@@ -34,6 +34,38 @@ pub struct MatrixData<'w> {
     pub bytes: Cow<'w, [u8]>,
 }
 
+impl MatrixData<'_> {
+    /// An error about this tensor.
+    pub fn error(&self, why: impl core::fmt::Display) -> crate::Error {
+        crate::Error::Invalid(alloc::format!("tensor {}: {why}", self.name))
+    }
+
+    /// Bytes per row, after checking that rows are whole blocks and the bytes whole rows.
+    pub fn row_bytes(&self) -> Result<usize> {
+        let row_bytes = self
+            .dtype
+            .bytes_for(self.cols as u64)
+            .filter(|_| (self.cols as u64).is_multiple_of(self.dtype.block_size()))
+            .ok_or_else(|| {
+                self.error(alloc::format!(
+                    "rows of {} values are not whole {} blocks",
+                    self.cols,
+                    self.dtype
+                ))
+            })? as usize;
+        if row_bytes.checked_mul(self.rows) != Some(self.bytes.len()) {
+            return Err(self.error(alloc::format!(
+                "{} bytes do not hold {}x{} {} values",
+                self.bytes.len(),
+                self.rows,
+                self.cols,
+                self.dtype
+            )));
+        }
+        Ok(row_bytes)
+    }
+}
+
 /// How the KV cache stores keys and values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum KvType {

@@ -735,34 +735,17 @@ impl Backend for Gpu {
     }
 
     fn matrix<'w>(&mut self, data: MatrixData<'w>) -> Result<GpuMatrix> {
-        let bad = |why: String| Error::Invalid(alloc::format!("tensor {}: {why}", data.name));
         let layout = Layout::of(data.dtype).ok_or_else(|| {
-            bad(alloc::format!(
+            data.error(alloc::format!(
                 "{} weights cannot be computed with on the GPU",
                 data.dtype
             ))
         })?;
-        let row_bytes = data
-            .dtype
-            .bytes_for(data.cols as u64)
-            .filter(|_| {
-                (data.cols as u64).is_multiple_of(data.dtype.block_size())
-                    && data.cols.is_multiple_of(CHUNK)
-            })
-            .ok_or_else(|| {
-                bad(alloc::format!(
-                    "rows of {} values are not whole {} blocks of 32 values",
-                    data.cols,
-                    data.dtype
-                ))
-            })? as usize;
-        if row_bytes.checked_mul(data.rows) != Some(data.bytes.len()) {
-            return Err(bad(alloc::format!(
-                "{} bytes do not hold {}x{} {} values",
-                data.bytes.len(),
-                data.rows,
-                data.cols,
-                data.dtype
+        let row_bytes = data.row_bytes()?;
+        if !data.cols.is_multiple_of(CHUNK) {
+            return Err(data.error(alloc::format!(
+                "rows of {} values are not whole chunks of {CHUNK} on the GPU",
+                data.cols
             )));
         }
         let words = layout.words_per_chunk();
@@ -785,7 +768,7 @@ impl Backend for Gpu {
             let rows = rows_per_part.min(data.rows - row0);
             let bytes = &data.bytes[row0 * row_bytes..(row0 + rows) * row_bytes];
             let packed = repack::repack(data.dtype, bytes, rows, data.cols)
-                .ok_or_else(|| bad(alloc::format!("{} cannot be repacked", data.dtype)))?;
+                .ok_or_else(|| data.error(alloc::format!("{} cannot be repacked", data.dtype)))?;
             let mut planes = [self.empty.clone(), self.empty.clone(), self.empty.clone()];
             let mut total = 0;
             for (i, plane) in packed.planes.iter().enumerate() {
