@@ -39,6 +39,17 @@ pub struct GenerateParams {
     pub logprobs: Option<usize>,
 }
 
+impl GenerateParams {
+    /// Whether the next token is simply the largest logit: greedy, no repeat penalty, no
+    /// log-probabilities. Then the backend picks it ([`Qwen2::forward_greedy`]) and the logits
+    /// never leave it.
+    pub fn greedy_only(&self) -> bool {
+        self.sampler.temperature <= 0.0
+            && self.sampler.repeat_penalty == 1.0
+            && self.logprobs.is_none()
+    }
+}
+
 impl Default for GenerateParams {
     fn default() -> Self {
         Self {
@@ -219,6 +230,8 @@ pub struct Generation {
     recent: Vec<u32>,
     /// The logits to sample the next token from.
     logits: Vec<f32>,
+    /// The next token, when the backend already chose it ([`GenerateParams::greedy_only`]).
+    chosen: Option<u32>,
     /// The last token handed out, not yet evaluated: its forward pass runs at the next step, so
     /// the token streams out before the model computes what follows it.
     pending: Option<u32>,
@@ -331,6 +344,23 @@ impl<'w, B: Backend> Session<'w, B> {
     /// Evaluates `prompt` and returns the logits after it, reusing the longest prefix the cache
     /// already holds. Returns the logits and how many prompt tokens were reused.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+        let common = self.reuse(prompt)?;
+        let logits = self.model.forward(&prompt[common..], Logits::Last)?;
+        self.cached.extend_from_slice(&prompt[common..]);
+        Ok((logits, common))
+    }
+
+    /// [`Session::prefill`] returning the greedy choice instead of the logits.
+    fn prefill_greedy(&mut self, prompt: &[u32]) -> Result<(u32, usize)> {
+        let common = self.reuse(prompt)?;
+        let id = self.model.forward_greedy(&prompt[common..])?;
+        self.cached.extend_from_slice(&prompt[common..]);
+        Ok((id, common))
+    }
+
+    /// Keeps the longest prefix of `prompt` that the cache holds (leaving at least one token to
+    /// evaluate) and returns its length.
+    fn reuse(&mut self, prompt: &[u32]) -> Result<usize> {
         if prompt.is_empty() {
             return Err(Error::Invalid(
                 "the prompt is empty: nothing to continue".into(),
@@ -346,9 +376,7 @@ impl<'w, B: Backend> Session<'w, B> {
             .min(prompt.len() - 1);
         self.model.truncate(common);
         self.cached.truncate(common);
-        let logits = self.model.forward(&prompt[common..], Logits::Last)?;
-        self.cached.extend_from_slice(&prompt[common..]);
-        Ok((logits, common))
+        Ok(common)
     }
 
     /// Generates after `prompt`, calling `on_token` with each token; `on_token` returning
@@ -393,7 +421,13 @@ impl<'w, B: Backend> Session<'w, B> {
             let keep = ctx - params.max_tokens.clamp(1, ctx / 2);
             prompt = &prompt[prompt.len() - keep..];
         }
-        let (logits, cached_tokens) = self.prefill(prompt)?;
+        let (logits, chosen, cached_tokens) = if params.greedy_only() {
+            let (id, cached) = self.prefill_greedy(prompt)?;
+            (Vec::new(), Some(id), cached)
+        } else {
+            let (logits, cached) = self.prefill(prompt)?;
+            (logits, None, cached)
+        };
         Ok(Generation {
             sampler: Sampler::new(params.sampler.clone()),
             stream: TextStream::new(),
@@ -401,6 +435,7 @@ impl<'w, B: Backend> Session<'w, B> {
             longest_stop: params.stop.iter().map(String::len).max().unwrap_or(0),
             recent: prompt.to_vec(),
             logits,
+            chosen,
             pending: None,
             outcome: Outcome {
                 prompt_tokens: prompt.len(),
@@ -422,12 +457,16 @@ impl<'w, B: Backend> Session<'w, B> {
         match self.prepare(g, self.model.position()) {
             Prepared::Out(token) => Ok(token),
             Prepared::Evaluate(id) => {
-                match self.model.forward(&[id], Logits::Last) {
-                    Ok(logits) => g.logits = logits,
-                    Err(e) => {
-                        g.phase = Phase::Done;
-                        return Err(e);
-                    }
+                let evaluated = if g.params.greedy_only() {
+                    self.model.forward_greedy(&[id]).map(|c| g.chosen = Some(c))
+                } else {
+                    self.model
+                        .forward(&[id], Logits::Last)
+                        .map(|logits| g.logits = logits)
+                };
+                if let Err(e) = evaluated {
+                    g.phase = Phase::Done;
+                    return Err(e);
                 }
                 self.cached.push(id);
                 Ok(self.sample(g))
@@ -512,7 +551,10 @@ impl<'w, B: Backend> Session<'w, B> {
     /// nothing held back): the half of a step after the model.
     fn sample(&self, g: &mut Generation) -> Option<Token> {
         let raw = g.params.logprobs.map(|_| g.logits.clone());
-        let id = g.sampler.sample(&mut g.logits, &g.recent);
+        let id = match g.chosen.take() {
+            Some(id) => id,
+            None => g.sampler.sample(&mut g.logits, &g.recent),
+        };
         if !g.params.ignore_eos && self.tokenizer.is_end_of_generation(id) {
             return g.finish(StopReason::Eos);
         }

@@ -219,6 +219,10 @@ impl<L: Backend, R: Backend> Backend for Either<L, R> {
         both!(self, "silu_mul", |b, gate, up| b.silu_mul(gate, up, len))
     }
 
+    fn argmax(&mut self, x: &Self::Buf, rows: usize, width: usize) -> Result<alloc::vec::Vec<u32>> {
+        both!(self, "argmax", |b, x| b.argmax(x, rows, width))
+    }
+
     fn add(&mut self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
         both!(self, "add", |b, x, y| b.add(x, y, len))
     }

@@ -245,6 +245,17 @@ pub trait Backend {
     fn silu_mul(&mut self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// `x += y` over `len` values.
     fn add(&mut self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+    /// The index of the largest of each of `rows` rows of `width` values (the first of equals;
+    /// NaN never wins), as [`crate::sample::argmax`]. A GPU computes it in place and reads back
+    /// 4 bytes a row instead of the row.
+    fn argmax(&mut self, x: &Self::Buf, rows: usize, width: usize) -> Result<Vec<u32>> {
+        let mut values = alloc::vec![0.0; rows * width];
+        self.read(x, 0, &mut values)?;
+        Ok(values
+            .chunks_exact(width.max(1))
+            .map(crate::sample::argmax)
+            .collect())
+    }
 }
 
 /// Reads a whole f32 vector (norm weights, biases) out of stored bytes of any decodable type.

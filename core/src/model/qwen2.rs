@@ -464,16 +464,7 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             Some(o) => o,
             None => &mut quiet,
         };
-        if tokens.is_empty() {
-            return Err(Error::Invalid("nothing to evaluate: no tokens".into()));
-        }
-        let need = self.cache.pos.saturating_add(tokens.len());
-        if need > self.ctx {
-            return Err(Error::ContextFull {
-                need,
-                ctx: self.ctx,
-            });
-        }
+        self.fits_tokens(tokens)?;
         let vocab = self.config.vocab;
         let mut out = Vec::with_capacity(match which {
             Logits::Last => vocab,
@@ -494,6 +485,38 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             self.backend.read(&self.s.logits, 0, &mut out[start..])?;
         }
         Ok(out)
+    }
+
+    /// Evaluates `tokens` at the next positions and returns the index of the last position's
+    /// largest logit (the greedy choice), computed by the backend: a GPU reads back 4 bytes, not
+    /// the vocabulary's logits.
+    pub fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.fits_tokens(tokens)?;
+        let chunks = tokens.chunks(self.batch);
+        let last = chunks.len() - 1;
+        for (c, chunk) in chunks.enumerate() {
+            let logit_rows = usize::from(c == last);
+            self.step(chunk, logit_rows, Rows::Own, &mut Unobserved)?;
+        }
+        let ids = self.backend.argmax(&self.s.logits, 1, self.config.vocab)?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| Error::Invalid("internal: no argmax came back".into()))
+    }
+
+    /// Whether `tokens` can be evaluated next: at least one, and room in the context.
+    fn fits_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::Invalid("nothing to evaluate: no tokens".into()));
+        }
+        let need = self.cache.pos.saturating_add(tokens.len());
+        if need > self.ctx {
+            return Err(Error::ContextFull {
+                need,
+                ctx: self.ctx,
+            });
+        }
+        Ok(())
     }
 
     /// Evaluates one token for each of several sequences together: `tokens[i]` goes at the next

@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail};
 use apr_core::backend::either::Either;
 use apr_core::backend::gpu::GpuStats;
 use apr_core::generate::Session;
-use apr_core::model::Logits;
 use serde::Serialize;
 
 use super::bench::{self, Run, Stats};
@@ -47,7 +46,7 @@ struct Report {
     gpu_per_token: Option<GpuStats>,
 }
 
-/// One decode step's GPU work, counted by the backend: `None` on the CPU.
+/// One greedy decode step's GPU work, counted by the backend: `None` on the CPU.
 fn gpu_step(session: &mut Session<'_, model::Engine>, token: u32) -> Result<Option<GpuStats>> {
     let model = session.model_mut();
     let Either::Right(gpu) = model.backend_mut() else {
@@ -55,7 +54,7 @@ fn gpu_step(session: &mut Session<'_, model::Engine>, token: u32) -> Result<Opti
     };
     gpu.take_stats();
     model.truncate(0);
-    model.forward(&[token], Logits::Last)?;
+    model.forward_greedy(&[token])?;
     let Either::Right(gpu) = model.backend_mut() else {
         return Ok(None);
     };

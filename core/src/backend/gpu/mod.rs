@@ -664,26 +664,6 @@ impl Gpu {
         self.act = Some(scratch);
         Ok(out)
     }
-
-    /// The index of the largest value of each of `rows` rows of `width` values (the first of
-    /// equals), computed on the GPU so that only 4 bytes a row come back.
-    pub fn argmax(&mut self, x: &GpuBuf, rows: usize, width: usize) -> Result<Vec<u32>> {
-        need(x.len, rows * width, "argmax")?;
-        let out = self.buffer("apr argmax", 4 * rows as u64, None)?;
-        self.dispatch(
-            Kernel::Argmax,
-            &[u32_of(width)?],
-            None,
-            &[&x.bound, &out],
-            [u32_of(rows)?, 1, 1],
-        )?;
-        let mut bytes = alloc::vec![0u8; 4 * rows];
-        self.read_bytes(&out.buffer, 0, &mut bytes)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
-    }
 }
 
 /// A length as a shader's u32, or an error.
@@ -1128,5 +1108,24 @@ impl Backend for Gpu {
             &[&x.bound, &y.bound],
             grid(len, 256)?,
         )
+    }
+
+    /// Computed on the GPU, so that only 4 bytes a row come back.
+    fn argmax(&mut self, x: &GpuBuf, rows: usize, width: usize) -> Result<Vec<u32>> {
+        need(x.len, rows * width, "argmax")?;
+        let out = self.buffer("apr argmax", 4 * rows as u64, None)?;
+        self.dispatch(
+            Kernel::Argmax,
+            &[u32_of(width)?],
+            None,
+            &[&x.bound, &out],
+            [u32_of(rows)?, 1, 1],
+        )?;
+        let mut bytes = alloc::vec![0u8; 4 * rows];
+        self.read_bytes(&out.buffer, 0, &mut bytes)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 }

@@ -1,5 +1,6 @@
-// The index of each row's largest value (the first of equals), so a greedy step reads back 4
-// bytes a row instead of the vocabulary's logits: one workgroup per row.
+// The index of each row's largest value (the first of equals; NaN never wins; 0 when nothing
+// does), as `sample::argmax`, so a greedy step reads back 4 bytes a row instead of the
+// vocabulary's logits: one workgroup per row.
 
 struct Params {
     n: u32, // values per row
@@ -22,7 +23,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var a = 0xffffffffu;
     for (var j = lid; j < p.n; j += WG) {
         let v = x[base + j];
-        if v > b || a == 0xffffffffu {
+        if (v > b || a == 0xffffffffu) && v == v {
             b = v;
             a = j;
         }
@@ -42,6 +43,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     if lid == 0u {
-        out[wid.x] = at[0];
+        out[wid.x] = select(at[0], 0u, at[0] == 0xffffffffu);
     }
 }
