@@ -284,6 +284,37 @@ fn issue_8_tiny_models_give_the_cpu_logits_and_greedy_tokens() {
 }
 
 #[test]
+fn issue_8_timestamp_queries_time_every_kernel() {
+    let gguf = synth::gguf(&Config::default(), GgmlType::Q8_0).unwrap();
+    let model = ModelFile::parse(&gguf).unwrap();
+    let mut g = Qwen2::load(&model, gpu(), 64).unwrap();
+    assert!(
+        g.backend_mut().time_kernels(),
+        "lavapipe has timestamp queries"
+    );
+    g.forward(&[1, 2, 3], Logits::Last).unwrap();
+    let times = g.backend_mut().take_kernel_times();
+    let kernels: Vec<&str> = times.iter().map(|t| t.kernel).collect();
+    for k in [
+        "embed",
+        "rms_norm",
+        "matmul",
+        "rope",
+        "attention",
+        "silu_mul",
+    ] {
+        assert!(kernels.contains(&k), "{k} in {kernels:?}");
+    }
+    // Two layers of query, key, value, output, gate, up and down, and the LM head.
+    let matmul = times.iter().find(|t| t.kernel == "matmul").unwrap();
+    assert_eq!(matmul.dispatches, 2 * 7 + 1);
+    assert!(times.iter().all(|t| t.ms >= 0.0 && t.ms.is_finite()));
+    assert!(times.iter().map(|t| t.ms).sum::<f64>() > 0.0);
+    // Counted once: the next call starts afresh.
+    assert!(g.backend_mut().take_kernel_times().is_empty());
+}
+
+#[test]
 fn issue_8_a_missing_adapter_is_an_error_that_names_it() {
     let err = Gpu::open(&GpuOptions {
         adapter: Some("no such adapter anywhere".into()),

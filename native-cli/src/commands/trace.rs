@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use apr_core::backend::either::Either;
+use apr_core::backend::gpu::KernelTime;
 use apr_core::model::{Logits, Observer, Op};
 use serde::Serialize;
 
@@ -62,7 +64,12 @@ struct Trace {
     prompt_tokens: Vec<u32>,
     first_token: FirstToken,
     layers: Vec<LayerStats>,
+    /// Host time between op boundaries. Empty on the GPU, where ops only record work and the
+    /// time is spent at read-back; `gpu_kernels` holds the GPU's own timing there.
     ops: Vec<OpTiming>,
+    /// On the GPU: each kernel's dispatches and time from timestamp queries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_kernels: Option<Vec<KernelTime>>,
     forward_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     memory: Option<Memory>,
@@ -128,10 +135,23 @@ pub(crate) fn run(args: TraceArgs) -> Result<()> {
     }
     let ctx = (args.engine.ctx_size as usize).max(ids.len());
     let mut qwen = model::load(&parsed, &args.engine.device(), ctx, args.engine.kv())?;
+    let on_gpu = match qwen.backend_mut() {
+        Either::Right(gpu) => {
+            if !gpu.time_kernels() {
+                eprintln!("apr: this GPU has no timestamp queries: no per-kernel times");
+            }
+            true
+        }
+        Either::Left(_) => false,
+    };
     let mut rec = Recorder::default();
     let start = Instant::now();
     let logits = qwen.forward_observed(&ids, Logits::Last, Some(&mut rec))?;
     let forward_ms = start.elapsed().as_secs_f64() * 1e3;
+    let gpu_kernels = match qwen.backend_mut() {
+        Either::Right(gpu) => Some(gpu.take_kernel_times()),
+        Either::Left(_) => None,
+    };
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
@@ -172,12 +192,14 @@ pub(crate) fn run(args: TraceArgs) -> Result<()> {
         ops: rec
             .ops
             .iter()
+            .filter(|_| !on_gpu)
             .map(|(op, (calls, t))| OpTiming {
                 op: op.name(),
                 calls: *calls,
                 total_ms: t.as_secs_f64() * 1e3,
             })
             .collect(),
+        gpu_kernels,
         forward_ms,
         memory: args.memory_profile.then(|| Memory {
             peak_rss_bytes: crate::system::proc_status("VmHWM:"),

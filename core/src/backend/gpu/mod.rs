@@ -23,7 +23,7 @@ mod repack;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
@@ -106,6 +106,20 @@ pub struct GpuStats {
     pub read_bytes: u64,
 }
 
+/// One kernel's share of the GPU's time, from timestamp queries ([`Gpu::time_kernels`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KernelTime {
+    /// The kernel (its WGSL file's name).
+    pub kernel: &'static str,
+    /// Dispatches timed.
+    pub dispatches: u64,
+    /// Their GPU time, in milliseconds.
+    pub ms: f64,
+}
+
+/// Timestamp queries per query set: two per dispatch, within wgpu's limit of 4096.
+const TIMED_PER_SET: usize = 2048;
+
 /// A buffer the backend made, with the id that keys cached bind groups.
 #[derive(Debug, Clone)]
 struct Bound {
@@ -178,6 +192,7 @@ struct Part {
 /// One recorded dispatch.
 #[derive(Debug)]
 struct Dispatch {
+    label: &'static str,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     offsets: [u32; 2],
@@ -219,6 +234,8 @@ pub struct Gpu {
     act: Option<GpuBuf>,
     next_id: u64,
     stats: GpuStats,
+    /// With [`Gpu::time_kernels`]: each kernel's dispatches and nanoseconds so far.
+    timings: Option<BTreeMap<&'static str, (u64, f64)>>,
 }
 
 impl core::fmt::Debug for Gpu {
@@ -240,6 +257,7 @@ impl Gpu {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("apr"),
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: limits.clone(),
             memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()
@@ -299,6 +317,7 @@ impl Gpu {
             act: None,
             next_id: 2,
             stats: GpuStats::default(),
+            timings: None,
         };
         gpu.check()?;
         Ok(gpu)
@@ -312,6 +331,39 @@ impl Gpu {
     /// The counts since the last call, and starts new ones.
     pub fn take_stats(&mut self) -> GpuStats {
         core::mem::take(&mut self.stats)
+    }
+
+    /// Times every dispatch from now on with timestamp queries (each then gets its own compute
+    /// pass, so this costs some speed). Returns false, changing nothing, where the device has
+    /// no timestamp queries.
+    pub fn time_kernels(&mut self) -> bool {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return false;
+        }
+        self.timings.get_or_insert_with(BTreeMap::new);
+        true
+    }
+
+    /// Each kernel's dispatches and GPU time since the last call, slowest first; empty unless
+    /// [`Gpu::time_kernels`] is on.
+    pub fn take_kernel_times(&mut self) -> Vec<KernelTime> {
+        let Some(timings) = self.timings.as_mut() else {
+            return Vec::new();
+        };
+        let mut out: Vec<KernelTime> = core::mem::take(timings)
+            .into_iter()
+            .map(|(kernel, (dispatches, ns))| KernelTime {
+                kernel,
+                dispatches,
+                ms: ns / 1e6,
+            })
+            .collect();
+        out.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        out
     }
 
     /// The first error wgpu reported since the last check.
@@ -548,6 +600,7 @@ impl Gpu {
             None => 1,
         };
         self.commands.push(Dispatch {
+            label: kernel.label(),
             pipeline,
             bind_group,
             offsets,
@@ -570,15 +623,50 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("apr forward"),
             });
-        if !self.commands.is_empty() {
+        let mut timed = Vec::new();
+        if self.timings.is_some() {
+            for chunk in self.commands.chunks(TIMED_PER_SET) {
+                let n = chunk.len() as u32;
+                let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("apr kernel timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * n,
+                });
+                for (i, d) in (0u32..).zip(chunk) {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(d.label),
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &queries,
+                            beginning_of_pass_write_index: Some(2 * i),
+                            end_of_pass_write_index: Some(2 * i + 1),
+                        }),
+                    });
+                    record(&mut pass, d);
+                }
+                let bytes = 16 * u64::from(n);
+                let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("apr kernel timestamps"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("apr kernel timestamps read-back"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.resolve_query_set(&queries, 0..2 * n, &resolved, 0);
+                encoder.copy_buffer_to_buffer(&resolved, 0, &readback, 0, bytes);
+                timed.push((readback, chunk.iter().map(|d| d.label).collect::<Vec<_>>()));
+            }
+        } else if !self.commands.is_empty() {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("apr forward"),
                 timestamp_writes: None,
             });
             for d in &self.commands {
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &d.offsets[..d.dynamic]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                record(&mut pass, d);
             }
         }
         if let Some((src, offset, bytes)) = copy {
@@ -601,21 +689,24 @@ impl Gpu {
         self.commands.clear();
         self.arena_host.clear();
         self.stats.submits += 1;
-        self.check()
+        self.check()?;
+        let period = f64::from(self.queue.get_timestamp_period());
+        for (readback, labels) in timed {
+            let ticks = self.map_read(&readback, readback.size())?;
+            let totals = self.timings.get_or_insert_with(BTreeMap::new);
+            for (pair, label) in ticks.chunks_exact(16).zip(labels) {
+                let at = |i: usize| u64::from_le_bytes(core::array::from_fn(|b| pair[8 * i + b]));
+                let entry = totals.entry(label).or_insert((0, 0.0));
+                entry.0 += 1;
+                entry.1 += at(1).saturating_sub(at(0)) as f64 * period;
+            }
+        }
+        Ok(())
     }
 
-    /// Submits everything recorded and copies `bytes` from `src` at `offset` into `out`.
-    fn read_bytes(&mut self, src: &wgpu::Buffer, offset: u64, out: &mut [u8]) -> Result<()> {
-        let bytes = out.len() as u64;
-        if bytes == 0 {
-            return self.submit(None);
-        }
-        self.submit(Some((src, offset, bytes)))?;
-        let staging = self
-            .staging
-            .clone()
-            .ok_or_else(|| GpuError::Wgpu("internal: no staging buffer".into()))?;
-        let slice = staging.slice(..bytes);
+    /// Maps `bytes` of a read-back buffer once the GPU is done with it, and copies them out.
+    fn map_read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let slice = buffer.slice(..bytes);
         let mapped = Arc::new(Mutex::new(None));
         let sink = Arc::clone(&mapped);
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -631,13 +722,26 @@ impl Gpu {
             Some(Err(e)) => return Err(GpuError::Wgpu(alloc::format!("{e}")).into()),
             None => return Err(GpuError::Wgpu("the read-back never mapped".into()).into()),
         }
-        {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| GpuError::Wgpu(alloc::format!("{e}")))?;
-            out.copy_from_slice(&view);
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| GpuError::Wgpu(alloc::format!("{e}")))?
+            .to_vec();
+        buffer.unmap();
+        Ok(out)
+    }
+
+    /// Submits everything recorded and copies `bytes` from `src` at `offset` into `out`.
+    fn read_bytes(&mut self, src: &wgpu::Buffer, offset: u64, out: &mut [u8]) -> Result<()> {
+        let bytes = out.len() as u64;
+        if bytes == 0 {
+            return self.submit(None);
         }
-        staging.unmap();
+        self.submit(Some((src, offset, bytes)))?;
+        let staging = self
+            .staging
+            .clone()
+            .ok_or_else(|| GpuError::Wgpu("internal: no staging buffer".into()))?;
+        out.copy_from_slice(&self.map_read(&staging, bytes)?);
         self.stats.read_bytes += bytes;
         self.check()
     }
@@ -664,6 +768,13 @@ impl Gpu {
         self.act = Some(scratch);
         Ok(out)
     }
+}
+
+/// Sets a dispatch's pipeline and bindings and dispatches it.
+fn record(pass: &mut wgpu::ComputePass<'_>, d: &Dispatch) {
+    pass.set_pipeline(&d.pipeline);
+    pass.set_bind_group(0, &d.bind_group, &d.offsets[..d.dynamic]);
+    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
 }
 
 /// A length as a shader's u32, or an error.
