@@ -11,7 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::ControlFlow;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, resolve_now};
 use crate::model::{KvCache, Logits, Qwen2};
 use crate::sample::{Sampler, SamplerConfig};
 use crate::tokenizer::{TextStream, Tokenizer};
@@ -344,16 +344,23 @@ impl<'w, B: Backend> Session<'w, B> {
     /// Evaluates `prompt` and returns the logits after it, reusing the longest prefix the cache
     /// already holds. Returns the logits and how many prompt tokens were reused.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+        resolve_now(self.prefill_async(prompt))
+    }
+
+    async fn prefill_async(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
         let common = self.reuse(prompt)?;
-        let logits = self.model.forward(&prompt[common..], Logits::Last)?;
+        let logits = self
+            .model
+            .forward_async(&prompt[common..], Logits::Last)
+            .await?;
         self.cached.extend_from_slice(&prompt[common..]);
         Ok((logits, common))
     }
 
     /// [`Session::prefill`] returning the greedy choice instead of the logits.
-    fn prefill_greedy(&mut self, prompt: &[u32]) -> Result<(u32, usize)> {
+    async fn prefill_greedy(&mut self, prompt: &[u32]) -> Result<(u32, usize)> {
         let common = self.reuse(prompt)?;
-        let id = self.model.forward_greedy(&prompt[common..])?;
+        let id = self.model.forward_greedy_async(&prompt[common..]).await?;
         self.cached.extend_from_slice(&prompt[common..]);
         Ok((id, common))
     }
@@ -399,6 +406,15 @@ impl<'w, B: Backend> Session<'w, B> {
     /// Checks `params`, evaluates `prompt` (see [`Session::prefill`]) and returns the generation,
     /// ready for [`Session::step`].
     pub fn start(&mut self, prompt: &[u32], params: &GenerateParams) -> Result<Generation> {
+        resolve_now(self.start_async(prompt, params))
+    }
+
+    /// [`Session::start`] on a backend whose reads are awaited (WebGPU in the browser).
+    pub async fn start_async(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+    ) -> Result<Generation> {
         params
             .sampler
             .validate()
@@ -422,10 +438,10 @@ impl<'w, B: Backend> Session<'w, B> {
             prompt = &prompt[prompt.len() - keep..];
         }
         let (logits, chosen, cached_tokens) = if params.greedy_only() {
-            let (id, cached) = self.prefill_greedy(prompt)?;
+            let (id, cached) = self.prefill_greedy(prompt).await?;
             (Vec::new(), Some(id), cached)
         } else {
-            let (logits, cached) = self.prefill(prompt)?;
+            let (logits, cached) = self.prefill_async(prompt).await?;
             (logits, None, cached)
         };
         Ok(Generation {
@@ -453,16 +469,21 @@ impl<'w, B: Backend> Session<'w, B> {
     /// in); `None` once it has finished. The last token may carry no id: the text held back
     /// until the end.
     pub fn step(&mut self, generation: &mut Generation) -> Result<Option<Token>> {
+        resolve_now(self.step_async(generation))
+    }
+
+    /// [`Session::step`] on a backend whose reads are awaited (WebGPU in the browser).
+    pub async fn step_async(&mut self, generation: &mut Generation) -> Result<Option<Token>> {
         let g = generation;
         match self.prepare(g, self.model.position()) {
             Prepared::Out(token) => Ok(token),
             Prepared::Evaluate(id) => {
                 let evaluated = if g.params.greedy_only() {
-                    self.model.forward_greedy(&[id]).map(|c| g.chosen = Some(c))
+                    let chosen = self.model.forward_greedy_async(&[id]).await;
+                    chosen.map(|c| g.chosen = Some(c))
                 } else {
-                    self.model
-                        .forward(&[id], Logits::Last)
-                        .map(|logits| g.logits = logits)
+                    let logits = self.model.forward_async(&[id], Logits::Last).await;
+                    logits.map(|logits| g.logits = logits)
                 };
                 if let Err(e) = evaluated {
                     g.phase = Phase::Done;

@@ -71,6 +71,8 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 fn issue_8_matmul_and_embed_match_the_cpu_for_every_weight_type() {
     let types = MATRIX_TYPES;
     // A small binding limit splits every matrix into several parts.
+    // Both ways of sharing out a weight row: a workgroup (GPUs) and one invocation (software
+    // adapters such as this one, which would pick it).
     for (options, what) in [
         (GpuOptions::default(), "whole"),
         (
@@ -79,6 +81,21 @@ fn issue_8_matmul_and_embed_match_the_cpu_for_every_weight_type() {
                 ..GpuOptions::default()
             },
             "split",
+        ),
+        (
+            GpuOptions {
+                row_per_invocation: Some(false),
+                ..GpuOptions::default()
+            },
+            "whole, a workgroup per row",
+        ),
+        (
+            GpuOptions {
+                max_binding: Some(4096),
+                row_per_invocation: Some(true),
+                ..GpuOptions::default()
+            },
+            "split, an invocation per row",
         ),
     ] {
         let mut g = gpu_with(options);

@@ -4,7 +4,10 @@
 //! Buffers, matrices and caches carry the side that made them. An op handed values from the
 //! other side is an internal error, never a silent copy.
 
-use super::{AttnShape, Backend, KvType, MatrixData};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use super::{AttnShape, Backend, KvType, MatrixData, Pending};
 use crate::{Error, Result};
 
 /// The left backend or the right one.
@@ -23,7 +26,7 @@ fn mixed(op: &str) -> Error {
 }
 
 /// Every item's value on one side, or an error when one is from the other side.
-fn sides<T>(items: impl Iterator<Item = Option<T>>) -> Result<alloc::vec::Vec<T>> {
+fn sides<T>(items: impl Iterator<Item = Option<T>>) -> Result<Vec<T>> {
     items.map(|i| i.ok_or_else(|| mixed("matmuls"))).collect()
 }
 
@@ -86,6 +89,19 @@ impl<L: Backend, R: Backend> Backend for Either<L, R> {
 
     fn read(&mut self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()> {
         both!(self, "read", |b, buf| b.read(buf, offset, out))
+    }
+
+    fn read_async<'a>(
+        &'a mut self,
+        buf: &'a Self::Buf,
+        offset: usize,
+        len: usize,
+    ) -> Pending<'a, Vec<f32>> {
+        match (self, buf) {
+            (Self::Left(b), Either::Left(buf)) => b.read_async(buf, offset, len),
+            (Self::Right(b), Either::Right(buf)) => b.read_async(buf, offset, len),
+            _ => Box::pin(core::future::ready(Err(mixed("read")))),
+        }
     }
 
     fn embed(
@@ -219,8 +235,21 @@ impl<L: Backend, R: Backend> Backend for Either<L, R> {
         both!(self, "silu_mul", |b, gate, up| b.silu_mul(gate, up, len))
     }
 
-    fn argmax(&mut self, x: &Self::Buf, rows: usize, width: usize) -> Result<alloc::vec::Vec<u32>> {
+    fn argmax(&mut self, x: &Self::Buf, rows: usize, width: usize) -> Result<Vec<u32>> {
         both!(self, "argmax", |b, x| b.argmax(x, rows, width))
+    }
+
+    fn argmax_async<'a>(
+        &'a mut self,
+        x: &'a Self::Buf,
+        rows: usize,
+        width: usize,
+    ) -> Pending<'a, Vec<u32>> {
+        match (self, x) {
+            (Self::Left(b), Either::Left(x)) => b.argmax_async(x, rows, width),
+            (Self::Right(b), Either::Right(x)) => b.argmax_async(x, rows, width),
+            _ => Box::pin(core::future::ready(Err(mixed("argmax")))),
+        }
     }
 
     fn add(&mut self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {

@@ -5,9 +5,19 @@
 //! Activations are f32 buffers that live wherever the backend computes (`Backend::Buf`). Weight
 //! matrices keep their stored type (`Backend::Matrix`): the CPU backend borrows them straight
 //! from the memory-mapped file.
+//!
+//! Reading a value back is the one step that may have to wait for the host: WebGPU hands a
+//! buffer over only once the browser's event loop has run. So the reads have awaitable forms
+//! ([`Backend::read_async`], [`Backend::argmax_async`]), the model's passes are written once
+//! against them, and the blocking forms resolve them at once ([`resolve_now`]), which every
+//! native backend can.
 
 use alloc::borrow::Cow;
+use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
 
 use crate::Result;
 use crate::dtype::GgmlType;
@@ -18,6 +28,25 @@ pub mod either;
 pub mod gpu;
 #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
 mod pool;
+
+/// A backend's answer that may need the host's event loop to run first (a WebGPU read-back).
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
+
+/// `answer`, which must be ready without waiting: every backend's reads are, except WebGPU's,
+/// whose callers must await them instead (the browser worker does).
+pub fn resolve_now<T>(answer: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut answer = core::pin::pin!(answer);
+    match answer
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(crate::Error::Invalid(
+            "internal: this backend reads back asynchronously (WebGPU); await the *_async calls"
+                .into(),
+        )),
+    }
+}
 
 /// A weight matrix as stored: `rows` rows of `cols` values of `dtype`, row-major.
 #[derive(Debug, Clone)]
@@ -149,6 +178,20 @@ pub trait Backend {
     fn zeros(&mut self, len: usize) -> Result<Self::Buf>;
     /// Copies `out.len()` values starting at `offset` back to the host.
     fn read(&mut self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
+    /// `len` values starting at `offset`, read back to the host when they are ready. Only a
+    /// backend whose reads complete asynchronously (WebGPU) needs more than [`Backend::read`].
+    fn read_async<'a>(
+        &'a mut self,
+        buf: &'a Self::Buf,
+        offset: usize,
+        len: usize,
+    ) -> Pending<'a, Vec<f32>> {
+        Box::pin(async move {
+            let mut out = alloc::vec![0.0; len];
+            self.read(buf, offset, &mut out)?;
+            Ok(out)
+        })
+    }
 
     /// `out[i, :] = table[tokens[i], :]`, decoded to f32.
     fn embed(
@@ -249,12 +292,22 @@ pub trait Backend {
     /// NaN never wins), as [`crate::sample::argmax`]. A GPU computes it in place and reads back
     /// 4 bytes a row instead of the row.
     fn argmax(&mut self, x: &Self::Buf, rows: usize, width: usize) -> Result<Vec<u32>> {
-        let mut values = alloc::vec![0.0; rows * width];
-        self.read(x, 0, &mut values)?;
-        Ok(values
-            .chunks_exact(width.max(1))
-            .map(crate::sample::argmax)
-            .collect())
+        resolve_now(self.argmax_async(x, rows, width))
+    }
+    /// [`Backend::argmax`] when the answer is ready (see [`Backend::read_async`]).
+    fn argmax_async<'a>(
+        &'a mut self,
+        x: &'a Self::Buf,
+        rows: usize,
+        width: usize,
+    ) -> Pending<'a, Vec<u32>> {
+        Box::pin(async move {
+            let values = self.read_async(x, 0, rows * width).await?;
+            Ok(values
+                .chunks_exact(width.max(1))
+                .map(crate::sample::argmax)
+                .collect())
+        })
     }
 }
 

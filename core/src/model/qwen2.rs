@@ -13,7 +13,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use super::config::{Config, MAX_CONTEXT};
-use crate::backend::{AttnShape, Backend, KvType, MatrixData, decode_vector};
+use crate::backend::{AttnShape, Backend, KvType, MatrixData, decode_vector, resolve_now};
 use crate::format::model::ModelFile;
 use crate::{Error, Result};
 
@@ -459,6 +459,20 @@ impl<'w, B: Backend> Qwen2<'w, B> {
         which: Logits,
         observer: Option<&mut dyn Observer>,
     ) -> Result<Vec<f32>> {
+        resolve_now(self.forward_observed_async(tokens, which, observer))
+    }
+
+    /// [`Qwen2::forward`] on a backend whose reads are awaited (WebGPU in the browser).
+    pub async fn forward_async(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        self.forward_observed_async(tokens, which, None).await
+    }
+
+    async fn forward_observed_async(
+        &mut self,
+        tokens: &[u32],
+        which: Logits,
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<Vec<f32>> {
         let mut quiet = Unobserved;
         let obs: &mut dyn Observer = match observer {
             Some(o) => o,
@@ -480,9 +494,11 @@ impl<'w, B: Backend> Qwen2<'w, B> {
                 Logits::Last => 0,
             };
             self.step(chunk, logit_rows, Rows::Own, obs)?;
-            let start = out.len();
-            out.resize(start + logit_rows * vocab, 0.0);
-            self.backend.read(&self.s.logits, 0, &mut out[start..])?;
+            let logits = self
+                .backend
+                .read_async(&self.s.logits, 0, logit_rows * vocab)
+                .await?;
+            out.extend_from_slice(&logits);
         }
         Ok(out)
     }
@@ -491,6 +507,11 @@ impl<'w, B: Backend> Qwen2<'w, B> {
     /// largest logit (the greedy choice), computed by the backend: a GPU reads back 4 bytes, not
     /// the vocabulary's logits.
     pub fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        resolve_now(self.forward_greedy_async(tokens))
+    }
+
+    /// [`Qwen2::forward_greedy`] on a backend whose reads are awaited (WebGPU in the browser).
+    pub async fn forward_greedy_async(&mut self, tokens: &[u32]) -> Result<u32> {
         self.fits_tokens(tokens)?;
         let chunks = tokens.chunks(self.batch);
         let last = chunks.len() - 1;
@@ -498,7 +519,10 @@ impl<'w, B: Backend> Qwen2<'w, B> {
             let logit_rows = usize::from(c == last);
             self.step(chunk, logit_rows, Rows::Own, &mut Unobserved)?;
         }
-        let ids = self.backend.argmax(&self.s.logits, 1, self.config.vocab)?;
+        let ids = self
+            .backend
+            .argmax_async(&self.s.logits, 1, self.config.vocab)
+            .await?;
         ids.first()
             .copied()
             .ok_or_else(|| Error::Invalid("internal: no argmax came back".into()))

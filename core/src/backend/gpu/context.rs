@@ -10,7 +10,20 @@ use super::GpuError;
 
 /// The backends this build asks wgpu for.
 pub(crate) fn backends() -> wgpu::Backends {
-    wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
+    if cfg!(target_arch = "wasm32") {
+        wgpu::Backends::BROWSER_WEBGPU
+    } else {
+        wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
+    }
+}
+
+/// What [`backends`] is, for errors.
+fn tried() -> &'static str {
+    if cfg!(target_arch = "wasm32") {
+        "the browser's WebGPU"
+    } else {
+        "wgpu's Vulkan, Metal and DX12 backends"
+    }
 }
 
 /// What `apr gpu list` shows of an adapter.
@@ -74,6 +87,7 @@ fn instance() -> wgpu::Instance {
 }
 
 /// Every adapter wgpu finds on this machine's Vulkan, Metal and DX12.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn adapters() -> Vec<AdapterSummary> {
     pollster::block_on(instance().enumerate_adapters(backends()))
         .iter()
@@ -83,10 +97,10 @@ pub fn adapters() -> Vec<AdapterSummary> {
 
 /// The adapter whose name contains `name` (any case), or with no name wgpu's default choice
 /// (high performance, real hardware before software renderers).
-pub(crate) fn adapter(name: Option<&str>) -> Result<wgpu::Adapter, GpuError> {
+pub(crate) async fn adapter(name: Option<&str>) -> Result<wgpu::Adapter, GpuError> {
     let instance = instance();
-    let all = pollster::block_on(instance.enumerate_adapters(backends()));
-    let tried = "wgpu's Vulkan, Metal and DX12 backends";
+    let all = instance.enumerate_adapters(backends()).await;
+    let tried = tried();
     if all.is_empty() {
         return Err(GpuError::NoAdapter {
             tried: tried.into(),
@@ -103,12 +117,14 @@ pub(crate) fn adapter(name: Option<&str>) -> Result<wgpu::Adapter, GpuError> {
                     found: names.join(", "),
                 })
         }
-        None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            ..Default::default()
-        }))
-        .map_err(|e| GpuError::NoAdapter {
-            tried: alloc::format!("{tried}: {e}"),
-        }),
+        None => instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::NoAdapter {
+                tried: alloc::format!("{tried}: {e}"),
+            }),
     }
 }

@@ -1,4 +1,5 @@
-//! The wgpu backend: the forward pass in WGSL compute shaders on Vulkan, Metal or DX12.
+//! The wgpu backend: the forward pass in WGSL compute shaders on Vulkan, Metal or DX12, and on
+//! the browser's WebGPU when built for wasm32.
 //!
 //! - **Weights** are repacked once at load into u32 planes (`repack.rs` documents the layouts:
 //!   GGUF blocks are not 4-byte aligned, and their scales would be decoded again by every
@@ -15,24 +16,34 @@
 //!   buffers they bind.
 //! - **Errors.** wgpu reports validation and out-of-memory errors asynchronously; they are
 //!   captured and returned from the next call that submits, never printed and ignored.
+//! - **Reading back** waits for a buffer mapping. Natively [`Backend::read`] blocks on it; in
+//!   the browser the mapping completes only once the event loop runs, so callers there await
+//!   [`Backend::read_async`] and [`Backend::argmax_async`] (the same code: the blocking forms
+//!   resolve the awaitable ones at once, which only native devices can).
 
 mod context;
 mod pipelines;
 mod repack;
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
 
-pub use context::{AdapterSummary, adapters};
-use pipelines::{Kernel, Slot};
+pub use context::AdapterSummary;
+#[cfg(not(target_arch = "wasm32"))]
+pub use context::adapters;
+use pipelines::{Kernel, RowSplit, Slot};
 use repack::{CHUNK, Layout};
 
-use super::{AttnShape, Backend, KvType, MatrixData};
+use super::{AttnShape, Backend, KvType, MatrixData, Pending, resolve_now};
 use crate::{Error, Result};
 
 /// Why the GPU backend cannot run.
@@ -91,6 +102,10 @@ pub struct GpuOptions {
     /// Split weights into parts of at most this many bytes per plane, below the device's own
     /// limit (for tests of the splitting on devices whose limits are large).
     pub max_binding: Option<u64>,
+    /// Multiply each weight row in one invocation (true) or by a workgroup (false); none picks
+    /// by adapter: one invocation on adapters that emulate a GPU on the CPU, where barriers are
+    /// slow, and a workgroup elsewhere.
+    pub row_per_invocation: Option<bool>,
 }
 
 /// What the GPU did since the last [`Gpu::take_stats`].
@@ -230,8 +245,12 @@ pub struct Gpu {
     align: u64,
     empty: Bound,
     staging: Option<wgpu::Buffer>,
+    /// Matrix products take a weight row per invocation ([`GpuOptions::row_per_invocation`]).
+    row_per_invocation: bool,
     /// Quantized activations for the matrix kernels, grown as needed.
     act: Option<GpuBuf>,
+    /// The indices [`Backend::argmax_async`] computes, grown as needed.
+    argmax_out: Option<GpuBuf>,
     next_id: u64,
     stats: GpuStats,
     /// With [`Gpu::time_kernels`]: each kernel's dispatches and nanoseconds so far.
@@ -251,18 +270,25 @@ impl core::fmt::Debug for Gpu {
 impl Gpu {
     /// Opens a device on the adapter `options` names (or the preferred one), with the adapter's
     /// own limits rather than WebGPU's defaults.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(options: &GpuOptions) -> Result<Self> {
-        let adapter = context::adapter(options.adapter.as_deref())?;
+        pollster::block_on(Self::open_async(options))
+    }
+
+    /// [`Gpu::open`], awaited: the only way in the browser, where adapters and devices come
+    /// from promises.
+    pub async fn open_async(options: &GpuOptions) -> Result<Self> {
+        let adapter = context::adapter(options.adapter.as_deref()).await?;
         let summary = AdapterSummary::of(&adapter);
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let device = adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("apr"),
             required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: limits.clone(),
             memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()
-        }))
-        .map_err(|e| GpuError::Device {
+        });
+        let (device, queue) = device.await.map_err(|e| GpuError::Device {
             adapter: summary.describe(),
             why: alloc::format!("{e}"),
         })?;
@@ -314,7 +340,11 @@ impl Gpu {
                 id: 1,
             },
             staging: None,
+            row_per_invocation: options
+                .row_per_invocation
+                .unwrap_or(adapter.get_info().device_type == wgpu::DeviceType::Cpu),
             act: None,
+            argmax_out: None,
             next_id: 2,
             stats: GpuStats::default(),
             timings: None,
@@ -335,12 +365,14 @@ impl Gpu {
 
     /// Times every dispatch from now on with timestamp queries (each then gets its own compute
     /// pass, so this costs some speed). Returns false, changing nothing, where the device has
-    /// no timestamp queries.
+    /// no timestamp queries, and in the browser (the times are read back inside a submission,
+    /// which cannot wait there).
     pub fn time_kernels(&mut self) -> bool {
-        if !self
-            .device
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        if cfg!(target_arch = "wasm32")
+            || !self
+                .device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY)
         {
             return false;
         }
@@ -420,6 +452,9 @@ impl Gpu {
     fn pipeline(&mut self, kernel: Kernel) -> Result<&Pipeline> {
         if !self.pipelines.contains_key(&kernel) {
             let label = kernel.label();
+            // In the browser a scope's answer would come only from the event loop: there
+            // compilation errors reach the uncaptured-error handler and the next check.
+            #[cfg(not(target_arch = "wasm32"))]
             let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let module = self
                 .device
@@ -478,6 +513,7 @@ impl Gpu {
                     },
                     cache: None,
                 });
+            #[cfg(not(target_arch = "wasm32"))]
             if let Some(e) = pollster::block_on(scope.pop()) {
                 return Err(GpuError::Wgpu(alloc::format!("the {label} kernel: {e}")).into());
             }
@@ -692,7 +728,7 @@ impl Gpu {
         self.check()?;
         let period = f64::from(self.queue.get_timestamp_period());
         for (readback, labels) in timed {
-            let ticks = self.map_read(&readback, readback.size())?;
+            let ticks = resolve_now(self.map_read(&readback, readback.size()))?;
             let totals = self.timings.get_or_insert_with(BTreeMap::new);
             for (pair, label) in ticks.chunks_exact(16).zip(labels) {
                 let at = |i: usize| u64::from_le_bytes(core::array::from_fn(|b| pair[8 * i + b]));
@@ -705,23 +741,17 @@ impl Gpu {
     }
 
     /// Maps `bytes` of a read-back buffer once the GPU is done with it, and copies them out.
-    fn map_read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    async fn map_read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let slice = buffer.slice(..bytes);
-        let mapped = Arc::new(Mutex::new(None));
-        let sink = Arc::clone(&mapped);
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            if let Ok(mut m) = sink.lock() {
-                *m = Some(r);
-            }
-        });
+        let mapping = Mapping::default();
+        let callback = mapping.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| callback.finish(r));
+        // Natively this waits for the GPU and runs the callback; in the browser it returns at
+        // once, and the callback comes from the event loop while `mapping` is awaited.
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError::Wgpu(alloc::format!("{e}")))?;
-        match mapped.lock().ok().and_then(|mut m| m.take()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(GpuError::Wgpu(alloc::format!("{e}")).into()),
-            None => return Err(GpuError::Wgpu("the read-back never mapped".into()).into()),
-        }
+        mapping.await?;
         let out = slice
             .get_mapped_range()
             .map_err(|e| GpuError::Wgpu(alloc::format!("{e}")))?
@@ -730,20 +760,21 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Submits everything recorded and copies `bytes` from `src` at `offset` into `out`.
-    fn read_bytes(&mut self, src: &wgpu::Buffer, offset: u64, out: &mut [u8]) -> Result<()> {
-        let bytes = out.len() as u64;
+    /// Submits everything recorded and reads `bytes` from `src` at `offset` back.
+    async fn read_back(&mut self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         if bytes == 0 {
-            return self.submit(None);
+            self.submit(None)?;
+            return Ok(Vec::new());
         }
         self.submit(Some((src, offset, bytes)))?;
         let staging = self
             .staging
             .clone()
             .ok_or_else(|| GpuError::Wgpu("internal: no staging buffer".into()))?;
-        out.copy_from_slice(&self.map_read(&staging, bytes)?);
+        let out = self.map_read(&staging, bytes).await?;
         self.stats.read_bytes += bytes;
-        self.check()
+        self.check()?;
+        Ok(out)
     }
 
     /// `len` values of `x` rounded to the levels the CPU backend quantizes them to for a
@@ -916,12 +947,23 @@ impl Backend for Gpu {
     }
 
     fn read(&mut self, buf: &GpuBuf, offset: usize, out: &mut [f32]) -> Result<()> {
-        need(buf.len, offset + out.len(), "read")?;
-        self.read_bytes(
-            &buf.bound.buffer,
-            4 * offset as u64,
-            bytemuck::cast_slice_mut(out),
-        )
+        let values = resolve_now(self.read_async(buf, offset, out.len()))?;
+        out.copy_from_slice(&values);
+        Ok(())
+    }
+
+    fn read_async<'a>(
+        &'a mut self,
+        buf: &'a GpuBuf,
+        offset: usize,
+        len: usize,
+    ) -> Pending<'a, Vec<f32>> {
+        Box::pin(async move {
+            need(buf.len, offset + len, "read")?;
+            let (at, bytes) = (4 * offset as u64, 4 * len as u64);
+            let back = self.read_back(&buf.bound.buffer, at, bytes).await?;
+            Ok(bytemuck::pod_collect_to_vec(&back))
+        })
     }
 
     fn embed(&mut self, table: &GpuMatrix, tokens: &[u32], out: &mut GpuBuf) -> Result<()> {
@@ -1010,6 +1052,12 @@ impl Backend for Gpu {
                     }
                 },
             };
+            let (split, per_group) = if self.row_per_invocation {
+                (RowSplit::Thread, pipelines::ROWS_PER_GROUP)
+            } else {
+                let threads = pipelines::matmul_threads(w.cols / CHUNK);
+                (RowSplit::Workgroup(threads), 1)
+            };
             for part in &w.parts {
                 let params = [
                     u32_of(rows)?,
@@ -1020,11 +1068,11 @@ impl Backend for Gpu {
                 ];
                 let [l, s, h] = &part.planes;
                 self.dispatch(
-                    Kernel::Matmul(w.layout, pipelines::matmul_threads(w.cols / CHUNK)),
+                    Kernel::Matmul(w.layout, split),
                     &params,
                     None,
                     &[&input, &out.bound, l, s, h],
-                    grid(part.rows, 1)?,
+                    grid(part.rows, per_group)?,
                 )?;
                 self.stats.weight_bytes += part.bytes;
             }
@@ -1222,21 +1270,70 @@ impl Backend for Gpu {
     }
 
     /// Computed on the GPU, so that only 4 bytes a row come back.
-    fn argmax(&mut self, x: &GpuBuf, rows: usize, width: usize) -> Result<Vec<u32>> {
-        need(x.len, rows * width, "argmax")?;
-        let out = self.buffer("apr argmax", 4 * rows as u64, None)?;
-        self.dispatch(
-            Kernel::Argmax,
-            &[u32_of(width)?],
-            None,
-            &[&x.bound, &out],
-            [u32_of(rows)?, 1, 1],
-        )?;
-        let mut bytes = alloc::vec![0u8; 4 * rows];
-        self.read_bytes(&out.buffer, 0, &mut bytes)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+    fn argmax_async<'a>(
+        &'a mut self,
+        x: &'a GpuBuf,
+        rows: usize,
+        width: usize,
+    ) -> Pending<'a, Vec<u32>> {
+        Box::pin(async move {
+            need(x.len, rows * width, "argmax")?;
+            let out = match self.argmax_out.take() {
+                Some(b) if b.len >= rows => b,
+                _ => self.zeros(rows)?,
+            };
+            self.dispatch(
+                Kernel::Argmax,
+                &[u32_of(width)?],
+                None,
+                &[&x.bound, &out.bound],
+                [u32_of(rows)?, 1, 1],
+            )?;
+            let back = self.read_back(&out.bound.buffer, 0, 4 * rows as u64).await;
+            self.argmax_out = Some(out);
+            Ok(bytemuck::pod_collect_to_vec(&back?))
+        })
+    }
+}
+
+/// A `map_async` callback's answer as a future. Natively the callback runs inside
+/// `device.poll`, so the first poll finds it; in the browser it runs from the event loop and
+/// wakes the task awaiting it.
+#[derive(Clone, Default)]
+struct Mapping(Arc<Mutex<MappingState>>);
+
+#[derive(Default)]
+struct MappingState {
+    done: Option<core::result::Result<(), wgpu::BufferAsyncError>>,
+    waker: Option<Waker>,
+}
+
+impl Mapping {
+    fn finish(&self, result: core::result::Result<(), wgpu::BufferAsyncError>) {
+        if let Ok(mut state) = self.0.lock() {
+            state.done = Some(result);
+            if let Some(waker) = state.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Future for Mapping {
+    type Output = core::result::Result<(), GpuError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(mut state) = self.0.lock() else {
+            return Poll::Ready(Err(GpuError::Wgpu("internal: a mapping's lock".into())));
+        };
+        match state.done.take() {
+            Some(result) => {
+                Poll::Ready(result.map_err(|e| GpuError::Wgpu(alloc::format!("read-back: {e}"))))
+            }
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }

@@ -8,8 +8,8 @@ use super::repack::Layout;
 /// One compute pipeline: an op, and the override constants that specialise it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    /// `matmul.wgsl` over weights in a layout, with this many threads per workgroup.
-    Matmul(Layout, u32),
+    /// `matmul.wgsl` over weights in a layout, its rows shared out as [`RowSplit`] says.
+    Matmul(Layout, RowSplit),
     /// `embed.wgsl` over a table in a layout.
     Embed(Layout),
     RmsNorm,
@@ -25,6 +25,21 @@ pub(crate) enum Kernel {
     /// `quantize_act.wgsl` to Q8_K (true) or Q8_0 levels.
     QuantizeAct(bool),
 }
+
+/// How the matrix kernel shares out the work of one weight row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum RowSplit {
+    /// A workgroup of this many threads per weight row, its partial sums reduced in workgroup
+    /// memory: for GPUs, whose threads then read a row's consecutive words together.
+    Workgroup(u32),
+    /// One invocation per weight row, summing it alone, with no workgroup memory or barriers:
+    /// for adapters that emulate a GPU on the CPU (lavapipe, SwiftShader), where a barrier
+    /// switches between every invocation of the workgroup and dominated the time.
+    Thread,
+}
+
+/// Invocations per workgroup of the matrix kernel with [`RowSplit::Thread`].
+pub(crate) const ROWS_PER_GROUP: usize = 64;
 
 /// What a binding holds, in binding order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +121,16 @@ impl Kernel {
     pub(crate) fn constants(self) -> Vec<(&'static str, f64)> {
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         match self {
-            Self::Matmul(layout, wg) => {
-                alloc::vec![("FORMAT", f64::from(layout as u32)), ("WG", f64::from(wg))]
-            }
+            Self::Matmul(layout, RowSplit::Workgroup(wg)) => alloc::vec![
+                ("FORMAT", f64::from(layout as u32)),
+                ("WG", f64::from(wg)),
+                ("SOLO", 0.0),
+            ],
+            Self::Matmul(layout, RowSplit::Thread) => alloc::vec![
+                ("FORMAT", f64::from(layout as u32)),
+                ("WG", ROWS_PER_GROUP as f64),
+                ("SOLO", 1.0),
+            ],
             Self::Embed(layout) => alloc::vec![("FORMAT", f64::from(layout as u32))],
             Self::Store(f16) | Self::Attention(f16) => alloc::vec![("F16", flag(f16))],
             Self::QuantizeAct(k) => alloc::vec![("Q8_K", flag(k))],

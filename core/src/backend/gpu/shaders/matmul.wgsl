@@ -1,8 +1,9 @@
 // y[t, row0 + r] = w[r, :] · x[t, :] for the rows r of one part of a weight matrix and every
-// input row t: one workgroup per weight row, its threads splitting the row's chunks and summing
-// TILE input rows at a time, then reducing in workgroup memory. Each chunk's levels are read
-// straight from their words into vec4 dot products (no per-thread arrays, which software
-// Vulkan and some drivers keep in memory).
+// input row t, TILE input rows at a time. Either one workgroup per weight row, its threads
+// splitting the row's chunks and reducing in workgroup memory, or (SOLO) one invocation per
+// weight row with no barriers, for adapters that emulate a GPU on the CPU. Each chunk's levels
+// are read straight from their words into vec4 dot products (no per-thread arrays, which
+// software Vulkan and some drivers keep in memory).
 
 struct Params {
     rows: u32,      // input rows t
@@ -18,8 +19,11 @@ struct Params {
 // [rows, out_width]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
-// Threads per workgroup: a power of two from 32 to 256 (`pipelines::matmul_threads`).
+// Threads per workgroup: a power of two from 32 to 256 (`pipelines::matmul_threads`), or
+// with SOLO the weight rows per workgroup.
 override WG: u32 = 64u;
+// One invocation per weight row (`pipelines::RowSplit::Thread`).
+override SOLO: bool = false;
 const TILE: u32 = 8u;
 // [TILE, WG] partial sums.
 var<workgroup> partial: array<f32, 2048>;
@@ -30,7 +34,36 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = wid.x + wid.y * groups.x;
+    let group = wid.x + wid.y * groups.x;
+    if SOLO {
+        solo(group * WG + lid);
+    } else {
+        together(group, lid);
+    }
+}
+
+// Weight row `row` alone, its chunks in order.
+fn solo(row: u32) {
+    if row >= p.n {
+        return;
+    }
+    let chunks = p.k / 32u;
+    for (var t0 = 0u; t0 < p.rows; t0 += TILE) {
+        let nt = min(TILE, p.rows - t0);
+        var acc: array<f32, TILE>;
+        for (var ci = 0u; ci < chunks; ci++) {
+            for (var t = 0u; t < nt; t++) {
+                acc[t] += chunk_dot(row * chunks + ci, ((t0 + t) * p.k + ci * 32u) / 4u);
+            }
+        }
+        for (var t = 0u; t < nt; t++) {
+            y[(t0 + t) * p.out_width + p.row0 + row] = acc[t];
+        }
+    }
+}
+
+// Weight row `row` by the workgroup's WG threads.
+fn together(row: u32, lid: u32) {
     if row >= p.n {
         return;
     }
