@@ -192,9 +192,12 @@ fn issue_7_the_page_chats_stops_converts_and_checks_on_a_tiny_model() {
     );
 }
 
+/// The real model in the page: converted, then answering prompt (a) on the CPU in a browser
+/// without WebGPU (which the page reports as the fallback) and on WebGPU in one with it (issue 8),
+/// and the "Run on" setting forcing either.
 #[test]
 #[ignore = "needs the real model, dist/, Chromium and playwright-core; scripts/test.sh runs it"]
-fn issue_7_the_page_answers_prompt_a_like_llama_cpp_on_the_real_model() {
+fn issue_7_and_8_the_page_answers_prompt_a_like_llama_cpp_on_the_cpu_and_on_webgpu() {
     let (dist, chromium) = browser_setup();
     let apr = Apr::new();
     let reference = repo().join("tests/reference/greedy");

@@ -50,13 +50,14 @@ async function events(page) {
   return page.evaluate(() => window.__apr.events);
 }
 
-async function waitEvent(page, predicate, timeout = LONG) {
+// The first event (from the `from`th on) that `predicate` accepts.
+async function waitEvent(page, predicate, timeout = LONG, from = 0) {
   const handle = await page.waitForFunction(
-    (src) => {
+    ({ src, from }) => {
       const p = eval(src);
-      return window.__apr.events.find(p) ?? null;
+      return window.__apr.events.slice(from).find(p) ?? null;
     },
-    predicate.toString(),
+    { src: predicate.toString(), from },
     { timeout, polling: 100 },
   );
   return handle.jsonValue();
@@ -276,6 +277,11 @@ async function real(browser, url, r) {
   await page.getByTestId("load-default").click();
   const loaded = await waitEvent(page, (e) => e.type === "loaded" || e.type === "failed", LONG);
   check(loaded.type === "loaded", "the default model loads from the page's origin", JSON.stringify(loaded).slice(0, 300));
+  // This browser has no WebGPU (no --enable-unsafe-webgpu): the page says the model runs on the
+  // CPU and why.
+  const shown = await page.getByTestId("backend").innerText();
+  check(/^CPU · .* · no WebGPU: no GPU adapter found \(tried the browser's WebGPU\)$/.test(shown) && shown === loaded.backend,
+    "without WebGPU the page reports the CPU fallback and its reason", shown);
   await page.getByTestId("raw").check();
   await setNumber(page, "temperature", 0);
   await setNumber(page, "max-tokens", r.max_tokens);
@@ -302,6 +308,45 @@ async function real(browser, url, r) {
   if (config.screenshots) {
     await page.screenshot({ path: join(config.screenshots, "chat.png"), fullPage: true });
   }
+  // Forcing WebGPU where there is none is a clear load error, not a quiet CPU run.
+  await page.getByTestId("device").selectOption("webgpu");
+  const before = (await events(page)).length;
+  await page.getByTestId("load-default").click();
+  const forced = await waitEvent(page, (e) => e.type === "loaded" || e.type === "failed", LONG, before);
+  check(forced.type === "failed" && /cannot run on WebGPU: no GPU adapter found/.test(forced.message),
+    "\"WebGPU only\" without WebGPU fails to load, saying why", JSON.stringify(forced).slice(0, 300));
+  check(/cannot run on WebGPU/.test(await page.getByTestId("error").innerText()), "and the page shows that error");
+  check(consoleErrors.length === 0, "nothing went to the console only", consoleErrors.join(" | "));
+  await context.close();
+}
+
+// The same page in a browser with WebGPU (SwiftShader, a CPU-emulated adapter: correct, slow).
+async function webgpu(browser, url, r) {
+  const { context, page, consoleErrors } = await open(browser, url);
+  await page.getByTestId("load-default").click();
+  const loaded = await waitEvent(page, (e) => e.type === "loaded" || e.type === "failed", LONG);
+  check(loaded.type === "loaded" && /^WebGPU/.test(loaded.backend), "with WebGPU the default model loads onto it",
+    JSON.stringify(loaded.backend ?? loaded).slice(0, 300));
+  const shown = await page.getByTestId("backend").innerText();
+  check(shown === loaded.backend, "the page reports the WebGPU backend", shown);
+  await page.getByTestId("raw").check();
+  await setNumber(page, "temperature", 0);
+  await setNumber(page, "max-tokens", r.safe_prefix.length);
+  const answer = await nthDone(page, await ask(page, r.prompt));
+  const ids = answer.tokens.filter((t) => t.token !== null).map((t) => t.token);
+  check(r.safe_prefix.length > 0 && r.safe_prefix.every((id, i) => ids[i] === id),
+    `on WebGPU, greedy answer to prompt (a): the ${r.safe_prefix.length} safe-prefix tokens equal llama.cpp's`,
+    `page ${JSON.stringify(ids.slice(0, r.safe_prefix.length))} vs reference ${JSON.stringify(r.safe_prefix)}`);
+  const s = answer.done.stats;
+  console.log(`bench (WebGPU, ${loaded.backend}): load ${loaded.load_ms.toFixed(0)} ms, prefill ${s.prompt_tokens} tokens at ` +
+    `${s.prefill_tok_s.toFixed(2)} tok/s, decode ${s.generated} tokens at ${s.decode_tok_s.toFixed(2)} tok/s`);
+  // The setting forces the CPU even where WebGPU works.
+  await page.getByTestId("device").selectOption("cpu");
+  const before = (await events(page)).length;
+  await page.getByTestId("load-default").click();
+  const cpu = await waitEvent(page, (e) => e.type === "loaded" || e.type === "failed", LONG, before);
+  check(cpu.type === "loaded" && /^CPU · WebAssembly SIMD128[^·]*, 1 thread$/.test(cpu.backend),
+    "\"CPU only\" loads the model on the CPU, with no fallback note", JSON.stringify(cpu.backend ?? cpu).slice(0, 300));
   check(consoleErrors.length === 0, "nothing went to the console only", consoleErrors.join(" | "));
   await context.close();
 }
@@ -322,6 +367,14 @@ try {
     try {
       if (config.tiny) await tiny(browser, url, config.tiny, relaxed);
       if (config.real && relaxed) await real(browser, url, config.real);
+    } finally {
+      await browser.close();
+    }
+  }
+  if (config.real) {
+    const browser = await chromium.launch({ executablePath: config.chromium, args: [...ARGS, "--enable-unsafe-webgpu"] });
+    try {
+      await webgpu(browser, url, config.real);
     } finally {
       await browser.close();
     }

@@ -15,6 +15,9 @@ pub enum Request {
         source: ModelSource,
         /// KV cache size in tokens.
         context: u32,
+        /// Where to run it.
+        #[serde(default)]
+        device: Device,
     },
     /// Answer the last user message of a conversation.
     Chat {
@@ -48,6 +51,43 @@ pub enum Request {
         /// The entry to delete; `None` deletes every entry.
         key: Option<String>,
     },
+}
+
+/// Where a model runs, as the user chose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// WebGPU where the browser has it and the model fits there, else the CPU worker, with the
+    /// reason shown.
+    #[default]
+    Auto,
+    /// WebGPU, or a load error saying why not.
+    Webgpu,
+    /// The CPU: WebAssembly SIMD in the worker.
+    Cpu,
+}
+
+impl Device {
+    /// Every choice, as the page offers them.
+    pub const ALL: [Self; 3] = [Self::Auto, Self::Webgpu, Self::Cpu];
+
+    /// The choice's name in the page's settings.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Auto => "WebGPU, else CPU",
+            Self::Webgpu => "WebGPU only",
+            Self::Cpu => "CPU only",
+        }
+    }
+
+    /// Its value in the settings control and in JSON.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Webgpu => "webgpu",
+            Self::Cpu => "cpu",
+        }
+    }
 }
 
 /// Where a model's bytes come from.
@@ -231,6 +271,8 @@ pub enum Event {
         from_cache: bool,
         /// The KV cache size in tokens.
         context: u32,
+        /// Where it runs, as the page should name it (with, on the CPU, why not WebGPU).
+        backend: String,
     },
     /// One piece of an answer.
     Token {
@@ -383,6 +425,7 @@ mod tests {
                     size: 10,
                 },
                 context: 2048,
+                device: Device::Webgpu,
             },
             Request::Chat {
                 id: 3,
@@ -420,12 +463,22 @@ mod tests {
                 url: "https://x/m.gguf".into(),
             },
             context: 4096,
+            device: Device::Auto,
         })
         .unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"type": "load", "source": {"kind": "url", "url": "https://x/m.gguf"}, "context": 4096})
+            serde_json::json!({"type": "load", "source": {"kind": "url", "url": "https://x/m.gguf"}, "context": 4096, "device": "auto"})
         );
+        // A request from before the setting existed runs where WebGPU allows.
+        let old = r#"{"type": "load", "source": {"kind": "cache", "key": "k"}, "context": 512}"#;
+        let Request::Load { device, .. } = serde_json::from_str(old).unwrap() else {
+            panic!("not a load: {old}");
+        };
+        assert_eq!(device, Device::Auto);
+        for d in Device::ALL {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.key());
+        }
         let json = serde_json::to_value(Event::Failed {
             task: Task::Load,
             message: "no".into(),

@@ -5,7 +5,7 @@
 
 use apr_web::envelope::{pack, unpack};
 use apr_web::protocol::{
-    CacheEntry, ChatMessage, ChatParams, Event, GenStats, ModelSource, Request, Role, Task,
+    CacheEntry, ChatMessage, ChatParams, Device, Event, GenStats, ModelSource, Request, Role, Task,
 };
 use apr_web::state::{Conversation, rates, segments};
 use wasm_bindgen::JsValue;
@@ -49,6 +49,7 @@ fn a_file_rides_beside_the_json_untouched() {
             size: 4,
         },
         context: 2048,
+        device: Device::Cpu,
     };
     let (back, file) = unpack::<Request>(&pack(&request, Some(&blob)).unwrap()).unwrap();
     assert_eq!(back, request);

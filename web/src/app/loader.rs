@@ -6,7 +6,7 @@ use web_sys::File;
 
 use super::dropzone::DropZone;
 use super::{DEFAULT_MODEL_LABEL, DEFAULT_MODEL_URL, Errors, ProgressBar, Ui};
-use crate::protocol::{ModelSource, Request, Task};
+use crate::protocol::{Device, ModelSource, Request, Task};
 use crate::state::{cache_key_for_url, human_bytes};
 
 /// Context sizes offered.
@@ -126,6 +126,29 @@ pub fn Loader() -> impl IntoView {
                             view! {
                                 <option value=c.to_string() selected=move || context.get() == c>
                                     {format!("{c} tokens")}
+                                </option>
+                            }
+                        })
+                        .collect_view()}
+                </select>
+                <label for="device" class="small">"Run on"</label>
+                <select
+                    id="device"
+                    data-testid="device"
+                    title="WebGPU is the browser's GPU; without it the model runs on the CPU"
+                    on:change=move |ev| {
+                        let key = event_target_value(&ev);
+                        if let Some(d) = Device::ALL.into_iter().find(|d| d.key() == key) {
+                            ui.device.set(d);
+                        }
+                    }
+                >
+                    {Device::ALL
+                        .into_iter()
+                        .map(|d| {
+                            view! {
+                                <option value=d.key() selected=move || ui.device.get() == d>
+                                    {d.label()}
                                 </option>
                             }
                         })

@@ -12,7 +12,7 @@ use leptos::prelude::*;
 use web_sys::Blob;
 
 use crate::protocol::{
-    CacheEntry, Event, GenStats, ModelSource, Request, StageRow, Task, VerifySummary,
+    CacheEntry, Device, Event, GenStats, ModelSource, Request, StageRow, Task, VerifySummary,
 };
 use crate::state::Conversation;
 pub use link::Link;
@@ -94,8 +94,10 @@ pub struct Inspected {
 pub struct Ui {
     /// The view.
     pub view: RwSignal<View>,
-    /// The worker's backend, once it is up.
+    /// Where the model runs: the worker's CPU backend once it is up, then the loaded model's.
     pub backend: RwSignal<Option<String>>,
+    /// Where the next model should run.
+    pub device: RwSignal<Device>,
     /// Whether the cache works here.
     pub cache_ok: RwSignal<bool>,
     /// The worker, once started.
@@ -133,6 +135,7 @@ impl Ui {
         Self {
             view: RwSignal::new(View::Chat),
             backend: RwSignal::new(None),
+            device: RwSignal::new(Device::default()),
             cache_ok: RwSignal::new(false),
             link: RwSignal::new_local(None),
             progress: RwSignal::new(None),
@@ -187,7 +190,13 @@ impl Ui {
     /// Starts loading a model.
     pub fn load(&self, source: ModelSource, file: Option<&Blob>, context: u32) {
         self.clear_errors(&[Task::Load, Task::Chat, Task::Cache]);
-        if self.send(Task::Load, &Request::Load { source, context }, file) {
+        let device = self.device.get_untracked();
+        let request = Request::Load {
+            source,
+            context,
+            device,
+        };
+        if self.send(Task::Load, &request, file) {
             self.loading.set(true);
             self.model.set(None);
             self.chat.update(Conversation::clear);
@@ -225,7 +234,9 @@ impl Ui {
                 load_ms,
                 from_cache,
                 context,
+                backend,
             } => {
+                self.backend.set(Some(backend));
                 let quant = model.quantization.clone().unwrap_or_else(|| {
                     model
                         .dtypes

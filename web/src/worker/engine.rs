@@ -1,8 +1,14 @@
 //! The loaded model and its chat: the same core as `apr run --chat` and `apr chat` (the model's
 //! chat template, the tokenizer, [`Session`]), one token at a time so Stop gets through.
+//!
+//! The model runs on WebGPU when the browser has it (and the user did not ask for the CPU),
+//! else on the CPU in this worker; either way through the same awaited session calls, since a
+//! WebGPU read-back completes only once the worker's event loop has run.
 
 use apr_core::backend::KvType;
 use apr_core::backend::cpu::Cpu;
+use apr_core::backend::either::Either;
+use apr_core::backend::gpu::{Gpu, GpuOptions};
 use apr_core::chat_template::{ChatTemplate, Message, Role as CoreRole};
 use apr_core::format::model::ModelFile;
 use apr_core::generate::{GenerateParams, Session, StopReason};
@@ -15,7 +21,7 @@ use web_sys::Blob;
 use super::cache::{self, CacheWriter};
 use super::{io, now_ms, post, stop_requested, yield_now};
 use crate::protocol::{
-    CacheEntry, ChatMessage, ChatParams, Event, GenStats, ModelSource, Role, Task,
+    CacheEntry, ChatMessage, ChatParams, Device, Event, GenStats, ModelSource, Role, Task,
 };
 use crate::state::{cache_key_for_file, cache_key_for_url, url_file_name};
 
@@ -30,6 +36,9 @@ pub(crate) fn backend_name() -> String {
     }
 }
 
+/// What a model runs on here: the CPU (WebAssembly SIMD in this worker) or the browser's GPU.
+type Engine = Either<Cpu, Gpu>;
+
 /// The model file's bytes. They never move while the session borrows them (a boxed slice's
 /// contents stay put when the box moves) and outlive it (see [`Loaded`]'s field order).
 struct Bytes(Box<[u8]>);
@@ -37,9 +46,53 @@ struct Bytes(Box<[u8]>);
 /// A loaded model, ready to chat.
 pub(crate) struct Loaded {
     // Fields drop in declaration order: the session, which borrows `_bytes`, goes first.
-    session: Session<'static, Cpu>,
+    session: Session<'static, Engine>,
     template: ChatTemplate,
     _bytes: Bytes,
+}
+
+/// The model on the device asked for, and the backend's name for the page. `Auto` tries WebGPU
+/// first and takes the CPU when the browser has no WebGPU, its device fails, or the model does
+/// not fit there; the name then says why.
+async fn build(
+    model: &ModelFile<'static>,
+    device: Device,
+    ctx: usize,
+) -> Result<(Qwen2<'static, Engine>, String), String> {
+    let cpu = || {
+        Qwen2::load_with_cache(model, Either::Left(Cpu::new(1)), ctx, KvType::default())
+            .map_err(|e| format!("cannot load the model: {e}"))
+    };
+    if device == Device::Cpu {
+        return Ok((cpu()?, backend_name()));
+    }
+    match on_webgpu(model, ctx).await {
+        Ok(found) => Ok(found),
+        Err(why) if device == Device::Auto => {
+            Ok((cpu()?, format!("{} · no WebGPU: {why}", backend_name())))
+        }
+        Err(why) => Err(format!("cannot run on WebGPU: {why}")),
+    }
+}
+
+/// The model on the browser's GPU, tried with one token (which compiles every kernel and
+/// surfaces any error the device reports) before it is offered.
+async fn on_webgpu(
+    model: &ModelFile<'static>,
+    ctx: usize,
+) -> apr_core::Result<(Qwen2<'static, Engine>, String)> {
+    let gpu = Gpu::open_async(&GpuOptions::default()).await?;
+    // Browsers seldom name the adapter; a fallback adapter (SwiftShader) is a CPU one.
+    let adapter = gpu.adapter();
+    let name = match (adapter.name.as_str(), adapter.device_type.as_str()) {
+        ("", "Cpu") => "WebGPU · software adapter (no GPU)".to_string(),
+        ("", _) => "WebGPU".to_string(),
+        (named, _) => format!("WebGPU · {named}"),
+    };
+    let mut qwen = Qwen2::load_with_cache(model, Either::Right(gpu), ctx, KvType::default())?;
+    qwen.forward_greedy_async(&[0]).await?;
+    qwen.truncate(0);
+    Ok((qwen, name))
 }
 
 /// Fetches, reads or takes from the cache the model's bytes, then builds the session.
@@ -47,6 +100,7 @@ pub(crate) async fn load(
     source: ModelSource,
     file: Option<Blob>,
     context: u32,
+    device: Device,
 ) -> Result<Loaded, String> {
     let started = now_ms();
     let (bytes, name, from_cache) = bytes_of(source, file).await?;
@@ -62,13 +116,9 @@ pub(crate) async fn load(
         .map_err(|e| format!("{name}: the model's tokenizer cannot be built: {e}"))?;
     let template = ChatTemplate::from_metadata(&model.metadata)
         .map_err(|e| format!("{name}: the model's chat template cannot be used: {e}"))?;
-    let qwen = Qwen2::load_with_cache(
-        &model,
-        Cpu::new(1),
-        context.max(1) as usize,
-        KvType::default(),
-    )
-    .map_err(|e| format!("{name}: cannot load the model: {e}"))?;
+    let (qwen, backend) = build(&model, device, context.max(1) as usize)
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
     let session = Session::new(qwen, tokenizer);
     post(
         &Event::Loaded {
@@ -77,6 +127,7 @@ pub(crate) async fn load(
             load_ms: now_ms() - started,
             from_cache,
             context: session.model().context_size() as u32,
+            backend,
         },
         None,
     );
@@ -211,7 +262,8 @@ impl Loaded {
         };
         let mut generation = self
             .session
-            .start(&ids, &generate)
+            .start_async(&ids, &generate)
+            .await
             .map_err(|e| e.to_string())?;
         let prefilled = now_ms();
         let mut first: Option<f64> = None;
@@ -222,7 +274,8 @@ impl Loaded {
             }
             let Some(token) = self
                 .session
-                .step(&mut generation)
+                .step_async(&mut generation)
+                .await
                 .map_err(|e| e.to_string())?
             else {
                 break;

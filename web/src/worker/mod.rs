@@ -98,10 +98,14 @@ async fn pump() {
 
 async fn handle(request: Request, file: Option<Blob>) {
     match request {
-        Request::Load { source, context } => {
+        Request::Load {
+            source,
+            context,
+            device,
+        } => {
             // The old model goes first: two models may not fit side by side.
             ENGINE.with(|e| e.borrow_mut().take());
-            match engine::load(source, file, context).await {
+            match engine::load(source, file, context, device).await {
                 Ok(loaded) => ENGINE.with(|e| *e.borrow_mut() = Some(loaded)),
                 Err(why) => fail(Task::Load, why),
             }
