@@ -47,15 +47,9 @@ fn solo(row: u32) {
     if row >= p.n {
         return;
     }
-    let chunks = p.k / 32u;
     for (var t0 = 0u; t0 < p.rows; t0 += TILE) {
         let nt = min(TILE, p.rows - t0);
-        var acc: array<f32, TILE>;
-        for (var ci = 0u; ci < chunks; ci++) {
-            for (var t = 0u; t < nt; t++) {
-                acc[t] += chunk_dot(row * chunks + ci, ((t0 + t) * p.k + ci * 32u) / 4u);
-            }
-        }
+        let acc = tile_sums(row, t0, nt, 0u, 1u);
         for (var t = 0u; t < nt; t++) {
             y[(t0 + t) * p.out_width + p.row0 + row] = acc[t];
         }
@@ -67,15 +61,9 @@ fn together(row: u32, lid: u32) {
     if row >= p.n {
         return;
     }
-    let chunks = p.k / 32u;
     for (var t0 = 0u; t0 < p.rows; t0 += TILE) {
         let nt = min(TILE, p.rows - t0);
-        var acc: array<f32, TILE>;
-        for (var ci = lid; ci < chunks; ci += WG) {
-            for (var t = 0u; t < nt; t++) {
-                acc[t] += chunk_dot(row * chunks + ci, ((t0 + t) * p.k + ci * 32u) / 4u);
-            }
-        }
+        let acc = tile_sums(row, t0, nt, lid, WG);
         for (var t = 0u; t < nt; t++) {
             partial[t * WG + lid] = acc[t];
         }
@@ -93,6 +81,18 @@ fn together(row: u32, lid: u32) {
         }
         workgroupBarrier();
     }
+}
+
+// Weight row `row` times input rows t0..t0 + nt over its chunks first, first + step, ...
+fn tile_sums(row: u32, t0: u32, nt: u32, first: u32, step: u32) -> array<f32, TILE> {
+    let chunks = p.k / 32u;
+    var acc: array<f32, TILE>;
+    for (var ci = first; ci < chunks; ci += step) {
+        for (var t = 0u; t < nt; t++) {
+            acc[t] += chunk_dot(row * chunks + ci, ((t0 + t) * p.k + ci * 32u) / 4u);
+        }
+    }
+    return acc;
 }
 
 // Chunk `c` of the weights (counted over the whole plane) times the 32 values of x from vec4
