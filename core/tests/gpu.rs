@@ -269,8 +269,10 @@ fn issue_8_attention_over_the_cache_matches_the_cpu() {
 #[test]
 fn issue_8_tiny_models_give_the_cpu_logits_and_greedy_tokens() {
     let prompt = [72u32, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100];
+    // Tied and untied, each with both ways of sharing out a weight row.
+    let cases = [(false, false), (false, true), (true, false), (true, true)];
     for ty in MATRIX_TYPES {
-        for tied in [false, true] {
+        for (tied, per_invocation) in cases {
             let cfg = Config {
                 separate_lm_head: !tied,
                 ..Config::default()
@@ -278,7 +280,11 @@ fn issue_8_tiny_models_give_the_cpu_logits_and_greedy_tokens() {
             let gguf = synth::gguf(&cfg, ty).unwrap();
             let model = ModelFile::parse(&gguf).unwrap();
             let mut c = Qwen2::load(&model, Cpu::new(2), 64).unwrap();
-            let mut g = Qwen2::load(&model, gpu(), 64).unwrap();
+            let options = GpuOptions {
+                row_per_invocation: Some(per_invocation),
+                ..GpuOptions::default()
+            };
+            let mut g = Qwen2::load(&model, gpu_with(options), 64).unwrap();
             // The prompt in one batch, then a few greedy steps one token at a time.
             let mut want = c.forward(&prompt, Logits::All).unwrap();
             let mut got = g.forward(&prompt, Logits::All).unwrap();
@@ -286,7 +292,8 @@ fn issue_8_tiny_models_give_the_cpu_logits_and_greedy_tokens() {
                 // Random weights amplify the last-bit differences of the other summation order
                 // through the activations' quantization; a broken kernel is off by the whole
                 // scale.
-                assert_close(&format!("{ty} tied={tied} step {step}"), &got, &want, 3e-2);
+                let what = format!("{ty} tied={tied} per_invocation={per_invocation} step {step}");
+                assert_close(&what, &got, &want, 3e-2);
                 let last = &want[want.len() - c.config().vocab..];
                 let next = last
                     .iter()
