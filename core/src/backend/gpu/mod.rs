@@ -524,13 +524,12 @@ impl Gpu {
             .ok_or_else(|| GpuError::Wgpu("internal: pipeline cache".into()).into())
     }
 
-    /// Appends `bytes` to the arena at the next aligned offset, submitting what was recorded
-    /// first when the arena is full.
+    /// Appends `bytes` to the arena at the next aligned offset. [`Gpu::dispatch`] makes room
+    /// for a dispatch's windows first: submitting here would drop what it pushed before.
     fn push_arena(&mut self, bytes: &[u8]) -> Result<u32> {
         let at = (self.arena_host.len() as u64).next_multiple_of(self.align);
         if at + bytes.len() as u64 > ARENA {
-            self.submit(None)?;
-            return self.push_arena(bytes);
+            return Err(GpuError::Wgpu("internal: the parameter arena overflowed".into()).into());
         }
         self.arena_host.resize(at as usize, 0);
         self.arena_host.extend_from_slice(bytes);
