@@ -61,6 +61,10 @@ pub(crate) enum Command {
     /// after it, over --iterations requests of the prompt plus exactly --max-tokens greedy
     /// tokens.
     Profile(ProfileArgs),
+    /// Write the benchmark report (Markdown with SVG charts) from the showcase, profile and
+    /// trace JSON files in a folder: summary, methodology, results table, format
+    /// recommendations and lessons, every number measured.
+    Report(ReportArgs),
     /// Serve the model over HTTP with an OpenAI-compatible API: /v1/completions,
     /// /v1/chat/completions (with Server-Sent Events streaming), /v1/models, /health, /metrics,
     /// /tokenize and /detokenize.
@@ -303,6 +307,16 @@ pub(crate) struct ProfileArgs {
     pub(crate) no_special: bool,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// The folder of `apr showcase --output`, `apr profile --json` and `apr trace` JSON files
+    /// (one of each per model format).
+    pub(crate) bench_dir: PathBuf,
+    /// The Markdown report to write; its charts go beside it as STEM-*.svg.
+    #[arg(long, short = 'o', default_value = "report.md")]
+    pub(crate) output: PathBuf,
 }
 
 #[derive(Debug, Args)]

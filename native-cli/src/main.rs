@@ -4,6 +4,7 @@
 
 mod args;
 mod atomic;
+mod chart;
 mod commands;
 mod hub;
 mod output;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => commands::trace::run(args),
         Command::Showcase(args) => commands::showcase::run(args),
         Command::Profile(args) => commands::profile::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Detokenize(args) => commands::tokenize::run_detokenize(args),

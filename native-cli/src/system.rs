@@ -64,6 +64,20 @@ pub(crate) fn proc_status(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The machine's memory in bytes (`MemTotal` in `/proc/meminfo`; Linux only).
+pub(crate) fn memory_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// The process's peak resident set so far (`VmHWM`), in bytes.
 pub(crate) fn peak_rss() -> Option<u64> {
     proc_status("VmHWM:")

@@ -1,4 +1,5 @@
-//! Issue 5 through the `apr` binary: `apr showcase` (with its scaling study), `apr profile` and
+//! Issues 5 and 9 through the `apr` binary: `apr showcase` (with its scaling study), `apr profile`,
+//! `apr report` and
 //! `--kv-type` on tiny generated models. Speed itself is measured by these commands and
 //! scripts/bench-vs-llamacpp.sh, never asserted here.
 
@@ -231,4 +232,161 @@ fn issue_5_kv_type_selects_the_cache_and_bad_flags_fail() {
         "do not fit",
     );
     fails(&["profile", &m, "--max-tokens", "3"], "--prompt");
+}
+
+/// `apr report` on what showcase, profile and trace measured for two formats of one tiny
+/// model: every section, every measured cell filled, the charts beside it, and the
+/// recommendations naming the measured leader.
+#[test]
+fn issue_9_report_is_written_from_the_measurements() {
+    let apr = Apr::new();
+    let gguf = tiny(&apr, "m.gguf", GgmlType::Q8_0);
+    apr.run(&["rosetta", "convert", &gguf, "m.apr", "--compression", "lz4"])
+        .success();
+    for (model, name) in [(gguf.as_str(), "gguf"), ("m.apr", "apr")] {
+        apr.run(&[
+            "showcase",
+            model,
+            "--iterations",
+            "2",
+            "--warmup",
+            "0",
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--output",
+            &format!("benchmarks/{name}-benchmark.json"),
+        ])
+        .success();
+        let profile = apr.run(&[
+            "profile",
+            model,
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "4",
+            "--iterations",
+            "3",
+            "--json",
+        ]);
+        profile.success();
+        fs::write(
+            apr.dir().join(format!("benchmarks/{name}-profile.json")),
+            &profile.stdout,
+        )
+        .unwrap();
+        apr.run(&[
+            "trace",
+            model,
+            "-p",
+            "Test",
+            "--trace-output",
+            &format!("benchmarks/{name}-trace.json"),
+            "--memory-profile",
+        ])
+        .success();
+    }
+    let out = apr.run(&["report", "benchmarks", "-o", "out/report.md"]);
+    out.success();
+    let md = fs::read_to_string(apr.dir().join("out/report.md")).unwrap();
+    for section in [
+        "## Executive Summary",
+        "## Methodology",
+        "## Results Table",
+        "## Format Recommendations",
+        "## Lessons Learned",
+        "| Metric | GGUF (Q8_0) | APR (Q8_0, LZ4) |",
+    ] {
+        assert!(md.contains(section), "{section:?} in\n{md}");
+    }
+    // Everything was measured, so only the introduction's explanation says "not measured".
+    assert_eq!(md.matches("not measured").count(), 1, "{md}");
+    let row = |name: &str| -> Vec<String> {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| **{name}**")))
+            .unwrap_or_else(|| panic!("no {name} row in\n{md}"));
+        line.split('|')
+            .skip(2)
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    for name in [
+        "File Size",
+        "Throughput",
+        "P50 Latency",
+        "P99 Latency",
+        "Peak Memory",
+        "First Token",
+    ] {
+        let cells = row(name);
+        assert_eq!(cells.len(), 2, "{name}: {cells:?}");
+        for cell in &cells {
+            assert!(
+                cell.starts_with(|c: char| c.is_ascii_digit()),
+                "{name}: {cell}"
+            );
+        }
+    }
+    // The file sizes are the files' own.
+    let size = |f: &str| fs::metadata(apr.dir().join(f)).unwrap().len() as f64 / 1048576.0;
+    assert_eq!(
+        row("File Size"),
+        [
+            format!("{:.1} MiB", size(&gguf)),
+            format!("{:.1} MiB", size("m.apr"))
+        ]
+    );
+    // The recommendation for throughput goes to the format the numbers say decoded faster.
+    let decode = |f: &str| {
+        json(&apr, &format!("benchmarks/{f}-benchmark.json"))["decode_tokens_per_s"]["median"]
+            .as_f64()
+            .unwrap()
+    };
+    let (g, a) = (decode("gguf"), decode("apr"));
+    if (g - a).abs() > 0.02 * g.min(a) {
+        let leader = if g > a {
+            "GGUF (Q8_0)"
+        } else {
+            "APR (Q8_0, LZ4)"
+        };
+        let line = md
+            .lines()
+            .find(|l| l.contains("the highest decode throughput ("))
+            .unwrap();
+        assert!(line.starts_with(&format!("- **{leader}**")), "{line}");
+    }
+    // Both formats chose the same first token, and the report says so.
+    assert!(
+        md.contains("All 2 traced formats chose the same first token after \"Test\""),
+        "{md}"
+    );
+    for chart in ["throughput", "latency", "memory"] {
+        let svg = fs::read_to_string(apr.dir().join(format!("out/report-{chart}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{chart}"
+        );
+        assert!(
+            md.contains(&format!("](report-{chart}.svg)")),
+            "{chart} linked"
+        );
+    }
+
+    // A folder without reports, and a broken one, are clear errors that write nothing.
+    fs::create_dir(apr.dir().join("empty")).unwrap();
+    apr.run(&["report", "empty", "-o", "empty/report.md"])
+        .failure();
+    assert!(!apr.dir().join("empty/report.md").exists());
+    fs::write(apr.dir().join("benchmarks/zz.json"), "{\"schema\": ").unwrap();
+    let out = apr.run(&["report", "benchmarks", "-o", "out/again.md"]);
+    out.failure();
+    assert!(
+        out.stderr.contains("zz.json is not valid JSON"),
+        "{}",
+        out.stderr
+    );
+    assert!(!apr.dir().join("out/again.md").exists());
 }

@@ -10,6 +10,7 @@ pub(crate) mod import;
 pub(crate) mod inspect;
 pub(crate) mod model;
 pub(crate) mod profile;
+pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod showcase;

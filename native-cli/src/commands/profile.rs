@@ -19,6 +19,9 @@ use crate::system;
 struct Profile {
     schema: &'static str,
     model: String,
+    /// `GGUF`, `SafeTensors` or `APR`.
+    format: String,
+    file_bytes: u64,
     prompt_tokens: usize,
     max_tokens: usize,
     iterations: u32,
@@ -93,6 +96,8 @@ pub(crate) fn run(args: ProfileArgs) -> Result<()> {
     let report = Profile {
         schema: "apr-profile/1",
         model: opened.file.path().display().to_string(),
+        format: parsed.format.to_string(),
+        file_bytes: opened.file.bytes().len() as u64,
         prompt_tokens: prompt.len(),
         max_tokens: args.max_tokens,
         iterations: args.iterations,

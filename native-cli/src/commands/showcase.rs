@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use apr_core::backend::either::Either;
 use apr_core::backend::gpu::GpuStats;
 use apr_core::generate::Session;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::bench::{self, Run, Stats};
 use super::model;
@@ -66,6 +66,10 @@ struct ModelInfo {
     path: String,
     format: String,
     file_bytes: u64,
+    /// The whole file's quantization, as `apr inspect` names it (`Q4_K_M`, `F32`).
+    quantization: Option<String>,
+    /// APR's tensor compression (`none`, `lz4`, `zstd`); absent for other formats.
+    compression: Option<String>,
     architecture: String,
     layers: usize,
     parameters: u64,
@@ -77,6 +81,8 @@ struct SystemInfo {
     os: &'static str,
     arch: &'static str,
     physical_cores: usize,
+    /// The machine's memory (`MemTotal`), where the system says.
+    memory_bytes: Option<u64>,
     /// Where the model ran: CPU threads and SIMD level, or the GPU adapter.
     #[serde(flatten)]
     backend: model::BackendInfo,
@@ -104,12 +110,13 @@ struct Load {
     warm_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct SweepPoint {
-    threads: usize,
-    context: usize,
-    decode_tokens_per_s: f64,
-    ms_per_token: f64,
+/// One point of the scaling study.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SweepPoint {
+    pub(crate) threads: usize,
+    pub(crate) context: usize,
+    pub(crate) decode_tokens_per_s: f64,
+    pub(crate) ms_per_token: f64,
 }
 
 /// Maps, parses and builds the model and its tokenizer, returning how long it took.
@@ -153,6 +160,7 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
     let tokenizer = model::tokenizer(&parsed)?;
     let qwen = model::load(&parsed, &device, ctx, args.engine.kv())?;
     let warm_ms = started.elapsed().as_secs_f64() * 1e3;
+    let summary = apr_core::info::ModelInfo::from_model(&parsed, false);
     let config = qwen.config().clone();
     let backend = model::BackendInfo::of(qwen.backend());
     let described = model::describe(qwen.backend());
@@ -200,6 +208,8 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
             path: path.display().to_string(),
             format: parsed.format.to_string(),
             file_bytes,
+            quantization: summary.quantization,
+            compression: summary.compression,
             architecture: "qwen2".into(),
             layers: config.layers,
             parameters: parsed.tensors.iter().map(|t| t.elements()).sum(),
@@ -209,6 +219,7 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
             os: std::env::consts::OS,
             arch: std::env::consts::ARCH,
             physical_cores: system::physical_cores(),
+            memory_bytes: system::memory_total(),
             backend,
             apr_version: env!("CARGO_PKG_VERSION"),
             git_revision: system::GIT_REVISION,
@@ -240,7 +251,10 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
         if let Some(points) = &report.sweep {
             let (csv, svg) = (sibling(out, "sweep.csv"), sibling(out, "sweep.svg"));
             atomic::write(&csv, sweep_csv(points).as_bytes())?;
-            atomic::write(&svg, sweep_svg(points).as_bytes())?;
+            atomic::write(
+                &svg,
+                sweep_svg(points, "Decode speed against tokens in the KV cache").as_bytes(),
+            )?;
             eprintln!(
                 "apr: scaling study written to {} and {}",
                 csv.display(),
@@ -376,7 +390,7 @@ fn sweep_csv(points: &[SweepPoint]) -> String {
 }
 
 /// A line chart of decode speed against cache depth, one line per thread count.
-fn sweep_svg(points: &[SweepPoint]) -> String {
+pub(crate) fn sweep_svg(points: &[SweepPoint], title: &str) -> String {
     let (w, h, left, right, top, bottom) = (640.0, 400.0, 70.0, 20.0, 40.0, 50.0);
     let max_ctx = points.iter().map(|p| p.context).max().unwrap_or(1) as f64;
     let max_rate = points
@@ -394,8 +408,9 @@ fn sweep_svg(points: &[SweepPoint]) -> String {
     let _ = writeln!(s, r##"<rect width="{w}" height="{h}" fill="#fff"/>"##);
     let _ = writeln!(
         s,
-        r##"<text x="{}" y="22" text-anchor="middle" font-size="15">Decode speed against tokens in the KV cache</text>"##,
-        w / 2.0
+        r##"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"##,
+        w / 2.0,
+        title.replace('&', "&amp;").replace('<', "&lt;")
     );
     // Axes, grid and labels.
     let _ = writeln!(
@@ -437,7 +452,7 @@ fn sweep_svg(points: &[SweepPoint]) -> String {
         h / 2.0,
         h / 2.0
     );
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let colors = crate::chart::COLORS;
     let mut counts: Vec<usize> = points.iter().map(|p| p.threads).collect();
     counts.sort_unstable();
     counts.dedup();
