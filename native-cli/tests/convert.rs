@@ -417,7 +417,7 @@ fn issue_3_seed_part_1_commands_on_the_real_model() {
         apr.dir().join("models/qwen2.5-coder-0.5b.gguf"),
     )
     .unwrap();
-    let seed: [&[&str]; 10] = [
+    let seed: [&[&str]; 11] = [
         &[
             "rosetta",
             "convert",
@@ -448,6 +448,16 @@ fn issue_3_seed_part_1_commands_on_the_real_model() {
         &["check", "models/qwen2.5-coder-0.5b.apr"],
         &["validate", "models/qwen2.5-coder-0.5b-direct.apr"],
         &["check", "models/qwen2.5-coder-0.5b-direct.apr", "--json"],
+        // Zstd, its big tensors compressed on every core, read back bit for bit.
+        &[
+            "rosetta",
+            "convert",
+            "models/qwen2.5-coder-0.5b.gguf",
+            "models/qwen2.5-coder-0.5b-wasm.apr",
+            "--target",
+            "wasm",
+            "--verify",
+        ],
     ];
     let mut outputs = Vec::new();
     for args in seed {
@@ -485,4 +495,9 @@ fn issue_3_seed_part_1_commands_on_the_real_model() {
         .unwrap()
         .len();
     assert!(direct < common::REAL_MODEL_SIZE, "{direct}");
+    assert!(
+        outputs[10].contains("Verify: PASS (291 tensors in, 291 out; 0 problems)"),
+        "{}",
+        outputs[10]
+    );
 }

@@ -178,6 +178,12 @@ fn zstd_tensor(
     fill: Fill<'_>,
 ) -> Result<()> {
     let mut enc = zstd::stream::write::Encoder::new(w, level)?;
+    // Big tensors are compressed on every core (zstd splits them into jobs of a few MiB; the
+    // frame decodes the same). High levels take minutes per gigabyte on one.
+    if expected >= 8 << 20 {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        enc.multithread(u32::try_from(cores).unwrap_or(1))?;
+    }
     enc.set_pledged_src_size(Some(expected))?;
     enc.include_checksum(false)?;
     fill_exact(&mut enc, name, expected, fill)?;
