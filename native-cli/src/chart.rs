@@ -12,6 +12,24 @@ pub(crate) struct Series<'a> {
     pub(crate) values: Vec<Option<f64>>,
 }
 
+/// The start of a `w` by `h` chart: the `<svg>` element, a white background and the title.
+/// The caller closes it with `</svg>`.
+pub(crate) fn open(w: f64, h: f64, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"##
+    );
+    let _ = writeln!(s, r##"<rect width="{w}" height="{h}" fill="#fff"/>"##);
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"##,
+        w / 2.0,
+        esc(title)
+    );
+    s
+}
+
 /// XML text with `&`, `<` and `>` escaped.
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -42,18 +60,7 @@ pub(crate) fn bars(
     let group_w = plot_w / groups.len().max(1) as f64;
     let bar_w = (group_w * 0.8) / series.len().max(1) as f64;
     let y = |v: f64| h - bottom - v / max * (h - top - bottom);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"##
-    );
-    let _ = writeln!(s, r##"<rect width="{w}" height="{h}" fill="#fff"/>"##);
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"##,
-        w / 2.0,
-        esc(title)
-    );
+    let mut s = open(w, h, title);
     for i in 0..=5 {
         let v = step * f64::from(i);
         let _ = writeln!(

@@ -53,23 +53,20 @@ pub(crate) fn cpu_model() -> String {
 
 /// A `/proc/self/status` field in bytes (Linux only).
 pub(crate) fn proc_status(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line[field.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    kib_field("/proc/self/status", field)
 }
 
 /// The machine's memory in bytes (`MemTotal` in `/proc/meminfo`; Linux only).
 pub(crate) fn memory_total() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = info
+    kib_field("/proc/meminfo", "MemTotal:")
+}
+
+/// A `FIELD:  N kB` line of a `/proc` file, in bytes.
+fn kib_field(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let kb: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -400,18 +400,7 @@ pub(crate) fn sweep_svg(points: &[SweepPoint], title: &str) -> String {
         * 1.1;
     let x = |c: f64| left + c / max_ctx * (w - left - right);
     let y = |r: f64| h - bottom - r / max_rate * (h - top - bottom);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"##
-    );
-    let _ = writeln!(s, r##"<rect width="{w}" height="{h}" fill="#fff"/>"##);
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"##,
-        w / 2.0,
-        title.replace('&', "&amp;").replace('<', "&lt;")
-    );
+    let mut s = crate::chart::open(w, h, title);
     // Axes, grid and labels.
     let _ = writeln!(
         s,
