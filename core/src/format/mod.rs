@@ -49,6 +49,22 @@ impl Format {
         })
     }
 
+    /// The format a file extension names (`gguf`, `safetensors`, `apr`, in any case).
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        [Self::Gguf, Self::Safetensors, Self::Apr]
+            .into_iter()
+            .find(|f| f.extension().eq_ignore_ascii_case(ext))
+    }
+
+    /// The file extension of the format, without the dot.
+    pub const fn extension(self) -> &'static str {
+        match self {
+            Self::Gguf => "gguf",
+            Self::Safetensors => "safetensors",
+            Self::Apr => "apr",
+        }
+    }
+
     /// The name users know the format by.
     pub const fn name(self) -> &'static str {
         match self {

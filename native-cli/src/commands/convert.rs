@@ -48,18 +48,16 @@ fn target_of(out: &Path) -> Result<Target> {
     if out.is_dir() || s.ends_with('/') || s.ends_with(std::path::MAIN_SEPARATOR) {
         return Ok(Target::Folder);
     }
-    let ext = out
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    Ok(Target::File(match ext.as_deref() {
-        Some("gguf") => Format::Gguf,
-        Some("safetensors") => Format::Safetensors,
-        Some("apr") => Format::Apr,
-        _ => bail!(
-            "cannot tell the output format of {}: use a .gguf, .safetensors or .apr file name, or a folder",
-            out.display()
-        ),
-    }))
+    let ext = out.extension().map(|e| e.to_string_lossy());
+    Ok(Target::File(
+        match ext.as_deref().and_then(Format::from_extension) {
+            Some(format) => format,
+            None => bail!(
+                "cannot tell the output format of {}: use a .gguf, .safetensors or .apr file name, or a folder",
+                out.display()
+            ),
+        },
+    ))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use apr_core::format::Format;
 use serde_json::Value;
 
 use crate::args::ReportArgs;
@@ -125,16 +126,8 @@ fn format_of(doc: &Value, schema: &str) -> Option<String> {
         return Some(f.to_string());
     }
     let model = doc.get("model").and_then(Value::as_str)?;
-    let ext = Path::new(model).extension()?.to_str()?.to_ascii_lowercase();
-    Some(
-        match ext.as_str() {
-            "gguf" => "GGUF",
-            "safetensors" => "SafeTensors",
-            "apr" => "APR",
-            _ => return None,
-        }
-        .to_string(),
-    )
+    let ext = Path::new(model).extension()?.to_str()?;
+    Some(Format::from_extension(ext)?.name().to_string())
 }
 
 /// Every measurement in `dir`, by format: GGUF, SafeTensors and APR first, in that order.
@@ -211,9 +204,9 @@ fn collect(dir: &Path) -> Result<Vec<Measured>> {
         );
     }
     let rank = |f: &str| {
-        ["GGUF", "SafeTensors", "APR"]
+        [Format::Gguf, Format::Safetensors, Format::Apr]
             .iter()
-            .position(|k| *k == f)
+            .position(|k| k.name() == f)
             .unwrap_or(3)
     };
     found.sort_by(|a, b| {

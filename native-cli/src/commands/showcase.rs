@@ -212,7 +212,7 @@ pub(crate) fn run(args: ShowcaseArgs) -> Result<()> {
             compression: summary.compression,
             architecture: "qwen2".into(),
             layers: config.layers,
-            parameters: parsed.tensors.iter().map(|t| t.elements()).sum(),
+            parameters: summary.parameters,
         },
         system: SystemInfo {
             cpu: system::cpu_model(),
