@@ -1,5 +1,5 @@
 //! Sampling the next token from logits: greedy, or llama.cpp's default chain of repetition
-//! penalty, top-k, top-p, min-p and temperature, then a draw from a seeded generator. The same
+//! penalty, top-k, top-p, min-p and temperature, then a seeded Gumbel-max draw. The same
 //! seed and the same logits give the same tokens on every platform.
 
 use alloc::vec::Vec;
@@ -183,7 +183,7 @@ impl Sampler {
         }
         cand.sort_unstable_by(by_logit);
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand
+        let probs: Vec<f64> = cand
             .iter()
             .map(|&(_, l)| libm::exp(f64::from(l - max)))
             .collect();
@@ -208,21 +208,35 @@ impl Sampler {
                 .max(1);
         }
         cand.truncate(keep);
-        probs.truncate(keep);
+        // The draw is Gumbel-max: each kept token's scaled logit plus Gumbel noise keyed by the
+        // token's id, the largest wins. That picks token i with probability exp(l_i / T) / sum,
+        // as a draw from the running total would, but the noise a token gets does not depend on
+        // where it sorts. Two computations of the same model whose logits differ in the last
+        // digits (quantized against F32 activations, CPU against GPU) then pick the same token
+        // unless the winner's margin is that small, instead of whenever two close candidates
+        // trade places in the order.
+        let key = self.rng.next_u64();
         let inv_t = 1.0 / f64::from(c.temperature);
-        for (p, &(_, l)) in probs.iter_mut().zip(cand.iter()) {
-            *p = libm::exp(f64::from(l - max) * inv_t);
-        }
-        let total: f64 = probs.iter().sum();
-        let mut r = self.rng.next_f64() * total;
-        for (p, &(id, _)) in probs.iter().zip(cand.iter()) {
-            r -= p;
-            if r < 0.0 {
-                return id;
+        let mut best = (cand[0].0, f64::NEG_INFINITY);
+        for &(id, l) in cand.iter() {
+            let score = f64::from(l - max) * inv_t + gumbel(key, id);
+            if score > best.1 || (score == best.1 && id < best.0) {
+                best = (id, score);
             }
         }
-        cand[keep - 1].0
+        best.0
     }
+}
+
+/// Standard Gumbel noise for token `id` under the step's `key`: `-ln(-ln u)`, with `u` uniform
+/// in (0, 1) from a SplitMix64 finaliser of the two.
+fn gumbel(key: u64, id: u32) -> f64 {
+    let mut z = key ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let u = ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -libm::log(-libm::log(u))
 }
 
 #[cfg(test)]
@@ -265,6 +279,62 @@ mod tests {
         assert_ne!(a, draw(SamplerConfig { seed: 43, ..config }));
         // A hot, unfiltered draw does not always take the maximum.
         assert!(a.iter().any(|&t| t != argmax(&logits())));
+    }
+
+    #[test]
+    fn draws_follow_the_softmax() {
+        // exp(l / T) with T = 1: probabilities 1/7, 2/7 and 4/7.
+        let l = [0.0, core::f32::consts::LN_2, 2.0 * core::f32::consts::LN_2];
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 7,
+            ..SamplerConfig::default()
+        });
+        let n = 70_000;
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            counts[s.sample(&mut l.to_vec(), &[]) as usize] += 1;
+        }
+        for (count, want) in counts.iter().zip([1.0, 2.0, 4.0]) {
+            let got = *count as f64 / n as f64;
+            assert!((got - want / 7.0).abs() < 0.01, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn a_tiny_change_in_the_logits_seldom_changes_the_pick() {
+        // Forty near-equal candidates whose order a change of 1e-4 reshuffles: the pick must not
+        // depend on that order (a draw from the running total in sorted order changes most
+        // of the time here).
+        let base: Vec<f32> = (0..40).map(|i| 5.0 + (i % 4) as f32 * 1e-5).collect();
+        let nudged: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l + ((i * 17) % 7) as f32 * 2e-5)
+            .collect();
+        let config = SamplerConfig {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        };
+        let differ = (0..1000)
+            .filter(|&seed| {
+                let pick = |l: &[f32]| {
+                    Sampler::new(SamplerConfig {
+                        seed,
+                        ..config.clone()
+                    })
+                    .sample(&mut l.to_vec(), &[])
+                };
+                pick(&base) != pick(&nudged)
+            })
+            .count();
+        assert!(differ <= 5, "{differ} of 1000 seeds changed their pick");
     }
 
     #[test]
