@@ -17,8 +17,9 @@
 #   deployments/cli/        prompts.txt, and each Part 2 answer
 #   deployments/server/     config.toml (which the three servers are started with) and their
 #                           answers to /v1/completions, /health and /v1/models
-#   deployments/wasm/       the browser's APR (--target wasm --optimize-size) and site/, the
-#                           built static page
+#   deployments/wasm/       the browser's APR (--target wasm --optimize-size); the seed's
+#                           "presentar UI" crate (scripts/wasm-deployment.sh: apr-embed's
+#                           Completer) and pkg/, its wasm-bindgen build; site/, the built page
 #   comparison/             Part 5: the seeded outputs, their diffs and the first-token traces
 #   logs/                   every command's output
 #   report.md, report-*.svg the benchmark report (apr report)
@@ -270,13 +271,18 @@ else
     fi
     echo "no GPU adapter here; apr run --gpu refused as it should: $(tail -1 logs/gpu.log)"
 fi
+# The seed's 6.3 runs from deployments/wasm and names ../models: a link makes that the models.
+ln -sfn ../models deployments/models
+"$root/scripts/wasm-deployment.sh" deployments/wasm
 (
     cd deployments/wasm
     logged wasm-apr apr rosetta convert \
-        ../../models/qwen2.5-coder-0.5b.apr \
+        ../models/qwen2.5-coder-0.5b.apr \
         qwen2.5-coder-0.5b-wasm.apr \
         --target wasm \
         "${size_flag[@]}"
+    logged wasm-build cargo build --target wasm32-unknown-unknown --release
+    logged wasm-bindgen wasm-bindgen target/wasm32-unknown-unknown/release/*.wasm --out-dir pkg
 )
 rm -rf deployments/wasm/site
 cp -r "$root/dist" deployments/wasm/site
