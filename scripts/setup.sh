@@ -119,13 +119,15 @@ if $want_tests && [[ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json && ! -e /u
     fi
 fi
 
-# The capstone's commands (scripts/capstone.sh, the seed-conformance test) call curl and jq.
-if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
+# The capstone's commands (scripts/capstone.sh, the seed-conformance test) call curl and jq, and
+# its Troubleshooting section lsof.
+if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 \
+    || ! command -v lsof >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
-        say "installing curl and jq (the capstone's commands use them)"
-        apt-get update -qq && apt-get install -y -qq curl jq >/dev/null
+        say "installing curl, jq and lsof (the capstone's commands use them)"
+        apt-get update -qq && apt-get install -y -qq curl jq lsof >/dev/null
     else
-        say "the capstone's commands need curl and jq; install them, then run this again"
+        say "the capstone's commands need curl, jq and lsof; install them, then run this again"
         exit 1
     fi
 fi

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, docs, the native and no_std/wasm32 builds, unit and integration
 # tests, and the tests on the real model (which setup.sh fetches). CI runs exactly this.
+#
+#   scripts/test.sh                     everything CI runs (about 50 minutes on 2 cores)
+#   scripts/test.sh --seed-conformance  and then the seed-conformance test: the capstone document
+#                                       (tests/seed/capstone.md) run as written against the real
+#                                       model, about an hour more; the nightly job (.ci/nightly)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+seed_conformance=false
+case "${1:-}" in
+    --seed-conformance) seed_conformance=true ;;
+    "") ;;
+    *) echo "usage: scripts/test.sh [--seed-conformance]" >&2; exit 2 ;;
+esac
 
 scripts/setup.sh --tests
 # Mesa's Vulkan driver (the GPU tests) wants a runtime directory.
@@ -40,6 +52,9 @@ cargo check -p apr-core --no-default-features --features tokenizer --target wasm
 step "the web app for wasm32: lints and docs"
 cargo clippy -p apr-web --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc -p apr-web --target wasm32-unknown-unknown --no-deps --locked --quiet
+
+step "apr-embed for wasm32 (the seed's browser build): lints"
+cargo clippy -p apr-embed --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
 step "the web app: trunk build --release (the browser tests load dist/)"
 (source scripts/web-env.sh && trunk build --release)
@@ -101,3 +116,23 @@ py=$(awk '/^Ran [0-9]+ tests? in/ { n += $2 } END { print n + 0 }' "$pylog")
 step "done"
 awk -v py="$py" '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "\ntests: %d passed, %d failed, %d skipped\n", p + py, f, i }' "$log"
+
+if $seed_conformance; then
+    step "the seed-conformance test: every command of the capstone document, as written"
+    cargo build --release --locked --quiet -p apr-cli
+    # Its models and builds take about 10 GB; the record of the run stays in target/.
+    seed_dir=$(mktemp -d "${TMPDIR:-/tmp}/apr-seed.XXXXXX")
+    record=target/seed-conformance
+    status=0
+    (source scripts/web-env.sh && PATH="$PWD/target/release:$PATH" \
+        python3 tests/seed/conformance.py "$seed_dir") || status=$?
+    rm -rf "$record" && mkdir -p "$record"
+    cp -r "$seed_dir/result.txt" "$seed_dir/seed.sh" "$seed_dir/logs" "$record/" 2>/dev/null || true
+    if [[ $status == 0 ]]; then
+        rm -rf "$seed_dir"
+    else
+        echo "the seed-conformance test failed; its folder is kept: $seed_dir" >&2
+    fi
+    echo "seed conformance: $(head -1 "$record/result.txt" 2>/dev/null || echo 'no result') (record in $record)"
+    exit "$status"
+fi
