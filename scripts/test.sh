@@ -5,7 +5,7 @@
 #   scripts/test.sh                     everything CI runs (about 50 minutes on 2 cores)
 #   scripts/test.sh --seed-conformance  and then the seed-conformance test: the capstone document
 #                                       (tests/seed/capstone.md) run as written against the real
-#                                       model, about an hour more; the nightly job (.ci/nightly)
+#                                       model, 60 to 80 minutes more; the nightly job (.ci/nightly)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
