@@ -77,10 +77,7 @@ impl Rng {
         let mut x = seed;
         let mut next = || {
             x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            splitmix64_mix(x)
         };
         Self {
             s: [next(), next(), next(), next()],
@@ -99,11 +96,13 @@ impl Rng {
         self.s[3] = self.s[3].rotate_left(45);
         result
     }
+}
 
-    /// Uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
+/// SplitMix64's finaliser: 64 well-mixed bits from any 64.
+fn splitmix64_mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Picks tokens from logits.
@@ -231,10 +230,7 @@ impl Sampler {
 /// Standard Gumbel noise for token `id` under the step's `key`: `-ln(-ln u)`, with `u` uniform
 /// in (0, 1) from a SplitMix64 finaliser of the two.
 fn gumbel(key: u64, id: u32) -> f64 {
-    let mut z = key ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    let z = splitmix64_mix(key ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let u = ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -libm::log(-libm::log(u))
 }
