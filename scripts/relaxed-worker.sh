@@ -13,9 +13,11 @@ if [[ "${TRUNK_PROFILE:-debug}" == release ]]; then
     flags=(--release)
 fi
 # Its own target folder: other RUSTFLAGS would otherwise rebuild the plain worker's dependencies.
+# Without the page feature: the worker does not need Leptos, and compiling it again with these
+# flags would double this build's time.
 RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
     cargo build "${flags[@]}" --locked --target wasm32-unknown-unknown -p apr-web --bin apr-worker \
-    --target-dir target/relaxed-simd
+    --no-default-features --target-dir target/relaxed-simd
 wasm="target/relaxed-simd/wasm32-unknown-unknown/$profile/apr-worker.wasm"
 wasm-bindgen --target no-modules --no-typescript --out-dir "$TRUNK_STAGING_DIR" \
     --out-name apr-worker-relaxed "$wasm"
