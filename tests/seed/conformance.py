@@ -255,8 +255,8 @@ def plan(commands, ports, folders):
             folder = f"{cache_root()}/models--{repo.replace('/', '--')}"
             c.may_fail_with = (
                 f"error: HF_HUB_OFFLINE is set, and {repo} (revision main) is not in the cache at "
-                f"{folder}. To fill the cache at {folder}, run this import where "
-                "https://huggingface.co is reachable (or point HF_ENDPOINT at a mirror)\n"
+                f"{folder}. To fill the cache, run this import where https://huggingface.co is "
+                "reachable (or point HF_ENDPOINT at a mirror)\n"
             )
             c.must_fail = True
         if "--gpu" in c.text:

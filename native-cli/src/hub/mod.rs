@@ -143,7 +143,7 @@ impl Hub {
                 .map_err(|missing| {
                     anyhow!(
                         "HF_HUB_OFFLINE is set, and {missing:#}{}",
-                        self.fill_hint(&cache, repo)
+                        self.fill_hint(repo)
                     )
                 });
         }
@@ -156,7 +156,7 @@ impl Hub {
                         anyhow!(
                             "cannot reach the hub at {} ({cause}), and {missing:#}{}",
                             self.endpoint,
-                            self.fill_hint(&cache, repo)
+                            self.fill_hint(repo)
                         )
                     });
             }
@@ -259,11 +259,11 @@ impl Hub {
         })
     }
 
-    fn fill_hint(&self, cache: &RepoCache, repo: &str) -> String {
+    /// The error it follows has named the cache's folder already.
+    fn fill_hint(&self, repo: &str) -> String {
         let mut hint = format!(
-            ". To fill the cache at {}, run this import where {} is reachable (or point \
-             HF_ENDPOINT at a mirror)",
-            cache.dir().display(),
+            ". To fill the cache, run this import where {} is reachable (or point HF_ENDPOINT at \
+             a mirror)",
             self.endpoint
         );
         if repo == DEFAULT_REPO {
