@@ -76,7 +76,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            x = x.wrapping_add(GOLDEN_GAMMA);
             splitmix64_mix(x)
         };
         Self {
@@ -97,6 +97,10 @@ impl Rng {
         result
     }
 }
+
+/// ⌊2^64 / φ⌋, an odd number: SplitMix64's step, and the multiplier that spreads token ids over
+/// the key's bits in [`gumbel`].
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// SplitMix64's finaliser: 64 well-mixed bits from any 64.
 fn splitmix64_mix(mut z: u64) -> u64 {
@@ -230,7 +234,7 @@ impl Sampler {
 /// Standard Gumbel noise for token `id` under the step's `key`: `-ln(-ln u)`, with `u` uniform
 /// in (0, 1) from a SplitMix64 finaliser of the two.
 fn gumbel(key: u64, id: u32) -> f64 {
-    let z = splitmix64_mix(key ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let z = splitmix64_mix(key ^ u64::from(id).wrapping_mul(GOLDEN_GAMMA));
     let u = ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -libm::log(-libm::log(u))
 }
