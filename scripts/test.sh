@@ -2,7 +2,7 @@
 # Every test: formatting, lints, docs, the native and no_std/wasm32 builds, unit and integration
 # tests, and the tests on the real model (which setup.sh fetches). CI runs exactly this.
 #
-#   scripts/test.sh                     everything CI runs (about 50 minutes on 2 cores)
+#   scripts/test.sh                     everything CI runs (about 40 minutes on 2 cores)
 #   scripts/test.sh --seed-conformance  and then the seed-conformance test: the capstone document
 #                                       (tests/seed/capstone.md) run as written against the real
 #                                       model, 60 to 80 minutes more; the nightly job (.ci/nightly)
